@@ -356,26 +356,28 @@ class _Reader:
             return []
         watches: list[WatchConfig] = []
         seen_names: dict[str, str] = {}
+        folders: list[tuple[str, str, Path]] = []
         for index, table in enumerate(value, start=1):
             name = table.get("name")
-            place = (
-                f'[[watch]] #{index} "{name}"'
-                if isinstance(name, str)
-                else f"[[watch]] #{index}"
-            )
+            label = f' "{name}"' if isinstance(name, str) else ""
+            place = f"[[watch]] #{index}{label}"
             watch = self.read_watch(place, table)
-            if watch is None:
-                continue
-            if watch.name in seen_names:
-                self.problem(
-                    place,
-                    "name",
-                    f'"{watch.name}" is also the name of {seen_names[watch.name]}; '
-                    "names must be unique",
+            if watch is not None:
+                watches.append(watch)
+            # Names and folders are compared even when the rest of a watch is
+            # wrong, so that one run of `check` reports every clash.
+            if isinstance(name, str) and name in seen_names:
+                message = (
+                    f'"{name}" is also the name of {seen_names[name]}; '
+                    "names must be unique"
                 )
-            seen_names.setdefault(watch.name, place)
-            watches.append(watch)
-        self.check_overlaps(watches)
+                self.problem(place, "name", message)
+            elif isinstance(name, str):
+                seen_names[name] = place
+            path = table.get("path")
+            if isinstance(path, str) and Path(path).is_absolute():
+                folders.append((place, str(name), Path(os.path.normpath(path))))
+        self.check_overlaps(folders)
         return watches
 
     def read_watch(self, place: str, table: dict[str, Any]) -> WatchConfig | None:
@@ -508,19 +510,18 @@ class _Reader:
             dedupe=dedupe,
         )
 
-    def check_overlaps(self, watches: list[WatchConfig]) -> None:
-        for i, first in enumerate(watches):
-            for second in watches[i + 1 :]:
-                a, b = _real(first.path), _real(second.path)
+    def check_overlaps(self, folders: list[tuple[str, str, Path]]) -> None:
+        for i, (_, first_name, first_path) in enumerate(folders):
+            for place, _, path in folders[i + 1 :]:
+                a, b = _real(first_path), _real(path)
                 if a == b:
                     relation = "the same folder as"
                 elif _same_or_inside(a, b) or _same_or_inside(b, a):
                     relation = "nested with"
                 else:
                     continue
-                place = f'[[watch]] "{second.name}"'
                 message = (
-                    f'{second.path} is {relation} watch "{first.name}" ({first.path}); '
+                    f'{path} is {relation} watch "{first_name}" ({first_path}); '
                     "each folder may belong to one watch only"
                 )
                 self.problem(place, "path", message)
