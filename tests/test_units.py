@@ -123,6 +123,10 @@ def test_template_matches_the_plain_unit_except_for_the_instance() -> None:
 def test_unit_agrees_with_the_daemon_defaults() -> None:
     unit = UNITS / "hubwatchd.service"
 
+    # hubwatchd.systemd speaks for the main process; the watchdog needs it.
+    assert values(unit, "Type") == ["notify"]
+    assert values(unit, "NotifyAccess") == ["main"]
+    assert parse_duration(values(unit, "WatchdogSec")[0]) > 0
     [exec_start] = values(unit, "ExecStart")
     assert exec_start.endswith(f" run -c {DEFAULT_CONFIG_PATH}")
     assert values(unit, "RestartPreventExitStatus") == [str(EX_CONFIG)]
