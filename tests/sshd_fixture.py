@@ -187,21 +187,24 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
+    # Sessions first, while the listener is alive to reap them; a session
+    # orphaned by the listener stays a zombie until init gets round to it.
+    children: list[psutil.Process] = []
     with contextlib.suppress(psutil.NoSuchProcess):
         children = psutil.Process(process.pid).children(recursive=True)
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.terminate()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
-    _gone, alive = psutil.wait_procs(children, timeout=10)
-    for child in alive:
-        child.kill()
 
 
 @contextlib.contextmanager
