@@ -52,10 +52,15 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def load_or_exit(config_path: Path | None, *, filesystem: bool = True) -> Config:
-    """The validated config, or exit 78 with every problem printed."""
+    """The validated config, or exit 78 with every problem printed.
+
+    With `filesystem=False` (the ledger's read-only commands) neither the
+    folders nor the key sources are read: those commands must work outside
+    the service, where its credentials are not available.
+    """
     path = config_path or default_config_path()
     try:
-        config = load_config(path)
+        config = load_config(path, keys=filesystem)
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
     problems = check_filesystem(config) if filesystem else []

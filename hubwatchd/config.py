@@ -173,10 +173,18 @@ def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: Path | str,
+    environ: Mapping[str, str] | None = None,
+    *,
+    keys: bool = True,
+) -> Config:
     """Read, validate and resolve the config at `path`.
 
     Every key source is read here, so a returned Config is ready to use.
+    With `keys=False` the key sources are checked for shape but not read
+    (their Secret values are empty): for commands that only read the ledger
+    and may run outside the service, where credentials are not available.
     Raises ConfigError naming every problem: the file, the place, the key,
     the bad value and what would be right.
     """
@@ -195,15 +203,16 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
     except tomllib.TOMLDecodeError as exc:
         message = f"is not valid TOML: {exc}"
         raise ConfigError([Problem(str(path), "", "", message)]) from None
-    return _Reader(path, environ).read(data)
+    return _Reader(path, environ, keys).read(data)
 
 
 class _Reader:
     """Walks the parsed TOML once, collecting problems instead of stopping."""
 
-    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+    def __init__(self, path: Path, environ: Mapping[str, str], keys: bool) -> None:
         self.path = path
         self.environ = environ
+        self.resolve_keys = keys
         self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.hub_key: Secret | None = None
@@ -557,6 +566,8 @@ class _Reader:
         if not isinstance(raw, str) or not raw:
             self.problem(place, key, f"must be a non-empty string, got {_kind(raw)}")
             return None
+        if not self.resolve_keys:
+            return Secret(value="", source=f"{key} (not read)")
         if key == "api_key":
             if _group_or_other_readable(self.path):
                 self.warnings.append(

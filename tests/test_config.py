@@ -535,3 +535,15 @@ def test_archive_on_another_filesystem(site):
         pytest.skip("tmp_path is on /dev/shm's filesystem")
     problems = fs_problems(site, watch(archive_dir="/dev/shm/hubwatchd-test-archive"))
     assert any("archive_dir: " in p and "another filesystem" in p for p in problems)
+
+
+def test_keys_can_be_left_unread(site):
+    """Read-only commands run outside the service, without its credentials."""
+    data = base(site)
+    del data["hub"]["api_key_file"]
+    data["hub"]["api_key_credential"] = "key_hub"
+    path = write(site, data)
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
+        load_config(path, environ={})
+    config = load_config(path, environ={}, keys=False)
+    assert config.watch("acme").api_key.value == ""
