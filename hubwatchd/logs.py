@@ -56,6 +56,20 @@ def _redact_rendered(_logger: Any, _name: str, rendered: str) -> str:
     return redact(rendered)
 
 
+# journald reads a leading "<N>" on a stdout line as the syslog priority, so
+# `journalctl -p warning` works although every line is JSON.
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+class _JournalPriority:
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: dict[str, Any]) -> str:
+        priority = _PRIORITIES.get(str(event.get("level", "info")), 6)
+        return f"<{priority}>" + self.renderer(logger, name, event)
+
+
 def choose_format(log_format: str, stream: TextIO) -> str:
     """ "json" or "console" for a `log_format` of auto, json or console."""
     if log_format != "auto":
@@ -83,13 +97,16 @@ def configure(
         exceptions = structlog.processors.ExceptionRenderer(
             ExceptionDictTransformer(show_locals=False, use_rich=False)
         )
-        tail: list[Any] = [exceptions, structlog.processors.JSONRenderer()]
+        renderer: Any = structlog.processors.JSONRenderer()
+        if os.environ.get("JOURNAL_STREAM"):
+            renderer = _JournalPriority(renderer)
+        tail: list[Any] = [exceptions, renderer]
     else:
-        renderer = structlog.dev.ConsoleRenderer(
+        console = structlog.dev.ConsoleRenderer(
             colors=stream.isatty(),
             exception_formatter=structlog.dev.plain_traceback,
         )
-        tail = [renderer]
+        tail = [console]
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
