@@ -775,7 +775,7 @@ class Ledger:
             if kind == "blocked":
                 return self._block(version, now, status, error, common)
             if version.mode == "append" and sent_all and status is None:
-                note = "the whole body was sent but no answer came; check the table"
+                note = _in_doubt_note(version.id, "no answer came after the body")
                 return self._move(version, "in_doubt", note=note, **common)
             return self._retry_later(version, now, retry_after, common)
 
@@ -939,11 +939,8 @@ class Ledger:
                     error = "interrupted: the daemon stopped during the upload"
                     self._close_attempt(attempt, now, "interrupted", None, None, error)
                 if version.mode == "append" and sent_all:
-                    note = (
-                        "the daemon stopped after the whole body was sent; check "
-                        f"the table, then `hubwatchd retry {version.id}` or "
-                        f"`hubwatchd forget {version.id}`"
-                    )
+                    why = "the daemon stopped after the whole body was sent"
+                    note = _in_doubt_note(version.id, why)
                     self._move(
                         version, "in_doubt", note=note, attempts=version.attempts + 1
                     )
@@ -1146,6 +1143,13 @@ class Ledger:
 
 
 _LAST_CHANGE = "COALESCE(done_at, started_at, ready_at, detected_at)"
+
+
+def _in_doubt_note(version_id: int, why: str) -> str:
+    return (
+        f"{why}; check the hub's table, then `hubwatchd retry {version_id}` to "
+        f"upload it again or `hubwatchd forget {version_id}` to close it"
+    )
 
 
 def _attempt(row: dict[str, Any]) -> Attempt:

@@ -270,10 +270,7 @@ def _version_reason(ledger: Ledger, v: Version) -> str:
     if state == "failed":
         return f"failed: {v.last_error}{_disposed(v)}"
     if state == "in_doubt":
-        return (
-            f"in doubt: {v.note}. `hubwatchd retry {v.id}` uploads it again, "
-            f"`hubwatchd forget {v.id}` closes it"
-        )
+        return f"in doubt: {v.note}"
     if state == "forgotten":
         return "forgotten by the operator; it is never uploaded again"
     return f"{state}: {v.note}{_disposed(v)}"
