@@ -7,14 +7,18 @@ config (78) from a refused file (65) or a hub that is down (75).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
-from hubwatchd import __version__
+from hubwatchd import __version__, report
 from hubwatchd.config import (
     GUID_RE,
     Config,
@@ -25,7 +29,8 @@ from hubwatchd.config import (
     render_toml,
     starter_config,
 )
-from hubwatchd.errors import ConfigError
+from hubwatchd.errors import ConfigError, LedgerError
+from hubwatchd.ledger import STATES, Ledger
 
 EX_OK = 0
 EX_USAGE = 64
@@ -182,6 +187,128 @@ def init(
 
 
 # --- ledger: status, history, retry, forget, explain ----------------------
+
+EX_NOINPUT = 66
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON for scripts instead."
+)
+
+
+def _open_ledger(config: Config) -> Ledger:
+    """The existing ledger of this config, read alongside a running daemon."""
+    try:
+        return Ledger.open(config.daemon.state_dir, create=False)
+    except LedgerError as exc:
+        fail(str(exc), EX_NOINPUT)
+
+
+def _emit(data: object, as_json: bool, render: Callable[[Any], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render(data))
+
+
+@main.command()
+@config_option
+@json_option
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Per watch: waiting, uploading, retrying, failed, blocked, in doubt."""
+    config = load_or_exit(config_path, filesystem=False)
+    with _open_ledger(config) as ledger:
+        _emit(report.status(ledger, config), as_json, report.render_status)
+
+
+@main.command()
+@config_option
+@json_option
+@click.option("--watch", help="Only this watch.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATES),
+    help="Only versions in this state; repeat for more.",
+)
+@click.option("--since", help='Changed since a duration ago ("24h") or a date.')
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def history(
+    config_path: Path | None,
+    as_json: bool,
+    watch: str | None,
+    states: tuple[str, ...],
+    since: str | None,
+    limit: int,
+) -> None:
+    """The ledger's file versions, newest first."""
+    config = load_or_exit(config_path, filesystem=False)
+    try:
+        start = None if since is None else report.parse_since(since, time.time())
+    except ValueError as exc:
+        fail(f"--since: {exc}", EX_USAGE)
+    with _open_ledger(config) as ledger:
+        rows = report.history(
+            ledger, watch=watch, states=list(states), since=start, limit=limit
+        )
+    _emit(rows, as_json, report.render_history)
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--failed", is_flag=True, help="Every failed version.")
+@click.option("--in-doubt", is_flag=True, help="Every in-doubt version.")
+@click.option("--watch", help="With --failed/--in-doubt: only this watch.")
+def retry(
+    config_path: Path | None,
+    as_json: bool,
+    ids: tuple[int, ...],
+    failed: bool,
+    in_doubt: bool,
+    watch: str | None,
+) -> None:
+    """Queue versions again: IDs, or --failed, or --in-doubt.
+
+    An in-doubt append may then add its rows a second time: check the
+    table first. All or nothing: one id that cannot be retried changes none.
+    """
+    if not (ids or failed or in_doubt):
+        fail("give version IDs, --failed or --in-doubt", EX_USAGE)
+    config = load_or_exit(config_path, filesystem=False)
+    with _open_ledger(config) as ledger:
+        try:
+            queued = ledger.retry(ids, failed=failed, in_doubt=in_doubt, watch=watch)
+        except LedgerError as exc:
+            fail(str(exc), EX_DATAERR)
+    _emit([asdict(v) for v in queued], as_json, report.render_requeued)
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("ids", nargs=-1, type=int, required=True)
+def forget(config_path: Path | None, as_json: bool, ids: tuple[int, ...]) -> None:
+    """Close in-doubt versions you checked by hand; never uploaded again."""
+    config = load_or_exit(config_path, filesystem=False)
+    with _open_ledger(config) as ledger:
+        try:
+            closed = ledger.forget(ids)
+        except LedgerError as exc:
+            fail(str(exc), EX_DATAERR)
+    _emit([asdict(v) for v in closed], as_json, report.render_history)
+
+
+@main.command()
+@config_option
+@json_option
+@click.argument("path", type=click.Path(path_type=Path))
+def explain(config_path: Path | None, as_json: bool, path: Path) -> None:
+    """Why this file is where it is: settling, queued, retrying, done, refused."""
+    config = load_or_exit(config_path, filesystem=False)
+    with _open_ledger(config) as ledger:
+        _emit(report.explain(ledger, config, path), as_json, report.render_explain)
 
 
 # --- daemon: run, demo ----------------------------------------------------
