@@ -71,7 +71,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "detected": frozenset({"ready"}),
     "ready": frozenset({"uploading", "skipped", "superseded", "failed"}),
     "uploading": frozenset(
-        {"done", "retry_wait", "failed", "blocked", "in_doubt", "ready", "skipped"}
+        {
+            "done",
+            "retry_wait",
+            "failed",
+            "blocked",
+            "in_doubt",
+            "ready",
+            "skipped",
+            "superseded",
+        }
     ),
     "retry_wait": frozenset({"uploading", "superseded", "failed", "ready"}),
     "blocked": frozenset({"uploading", "superseded", "failed", "ready"}),
@@ -83,7 +92,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "forgotten": frozenset(),
 }
 RETRYABLE = ("failed", "in_doubt", "retry_wait", "blocked")
-DISPOSITIONS = ("pending", "archived", "deleted", "kept")
+# pending: the file still needs its after-action; failed_folder: moved to the
+# watch's failed folder; gone: the file had vanished before it could be moved.
+DISPOSITIONS = ("pending", "archived", "deleted", "kept", "failed_folder", "gone")
 OUTCOME_KINDS = ("success", "retry", "rejected", "blocked")
 # SQLite's locking is unsafe on these (DESIGN.md, sqlite.org "How To Corrupt").
 NETWORK_FILESYSTEMS = frozenset(
@@ -176,6 +187,7 @@ MIGRATIONS = Migrations("hubwatchd.ledger")
 @MIGRATIONS(name="0001_versions_attempts_blocked")
 def _m0001(db: Database) -> None:
     states = ", ".join(f"'{s}'" for s in STATES)
+    dispositions = ", ".join(f"'{d}'" for d in DISPOSITIONS)
     db.execute(f"""
         CREATE TABLE versions (
             id INTEGER PRIMARY KEY,
@@ -200,7 +212,7 @@ def _m0001(db: Database) -> None:
             started_at REAL,
             done_at REAL,
             disposition TEXT
-                CHECK (disposition IN ('pending', 'archived', 'deleted', 'kept')),
+                CHECK (disposition IN ({dispositions})),
             disposed_to TEXT,
             note TEXT
         )""")
@@ -216,6 +228,8 @@ def _m0001(db: Database) -> None:
         "CREATE INDEX versions_task_state ON versions (task_id, state, done_at)",
         "CREATE INDEX versions_state ON versions (state, watch)",
         "CREATE INDEX versions_watch_path ON versions (watch, path)",
+        # Files whose after-action (archive, delete, failed folder) is due.
+        "CREATE INDEX versions_pending ON versions (id) WHERE disposition = 'pending'",
     ):
         db.execute(sql)
     db.execute("""
@@ -576,8 +590,14 @@ class Ledger:
 
     # --- the queue ----------------------------------------------------------
 
-    def _heads(self, skip_tasks: Iterable[str]) -> list[Version]:
-        """The first waiting version of each task not busy, in ready order."""
+    def _heads(
+        self, skip_tasks: Iterable[str], watches: Iterable[str] | None = None
+    ) -> list[Version]:
+        """The first waiting version of each task not busy, in ready order.
+
+        With `watches`, a task whose head belongs to another watch (one a
+        reload removed) is held: its order must not be broken.
+        """
         columns = ", ".join(VERSION_COLUMNS)
         sql = f"""
             SELECT {columns} FROM (
@@ -588,9 +608,14 @@ class Ledger:
                 (SELECT task_id FROM versions WHERE state = 'uploading')
             ORDER BY {_QUEUE_ORDER}"""
         skip = set(skip_tasks)
+        allowed = None if watches is None else set(watches)
         with self._lock:
             heads = [Version(**row) for row in self.db.query(sql)]
-        return [head for head in heads if head.task_id not in skip]
+        return [
+            head
+            for head in heads
+            if head.task_id not in skip and (allowed is None or head.watch in allowed)
+        ]
 
     @staticmethod
     def _due_at(version: Version) -> float:
@@ -599,7 +624,10 @@ class Ledger:
         return version.next_attempt_at or 0.0
 
     def claim_next(
-        self, now: float | None = None, skip_tasks: Iterable[str] = ()
+        self,
+        now: float | None = None,
+        skip_tasks: Iterable[str] = (),
+        watches: Iterable[str] | None = None,
     ) -> Version | None:
         """The next version to upload, committed `uploading` (durably) first.
 
@@ -611,7 +639,8 @@ class Ledger:
         """
         now = self._now(now)
         with self._write(durable=True):
-            due = [h for h in self._heads(skip_tasks) if self._due_at(h) <= now]
+            heads = self._heads(skip_tasks, watches)
+            due = [h for h in heads if self._due_at(h) <= now]
             if not due:
                 return None
             chosen = self._coalesce(due[0], now) if due[0].mode == "replace" else due[0]
@@ -643,10 +672,12 @@ class Ledger:
             log.info("version.superseded", version=older.id, by=newest.id)
         return newest
 
-    def next_due_at(self, skip_tasks: Iterable[str] = ()) -> float | None:
+    def next_due_at(
+        self, skip_tasks: Iterable[str] = (), watches: Iterable[str] | None = None
+    ) -> float | None:
         """When `claim_next` will next have something (may be in the past);
         None when nothing is waiting."""
-        times = [self._due_at(head) for head in self._heads(skip_tasks)]
+        times = [self._due_at(head) for head in self._heads(skip_tasks, watches)]
         return min(times) if times else None
 
     def queue_ahead(self, version: Version) -> int:
@@ -739,9 +770,15 @@ class Ledger:
         bytes_sent: int | None = None,
         error: str | None = None,
         sha256: str | None = None,
+        doubt: str | None = None,
         now: float | None = None,
     ) -> Version:
         """Close the upload of an `uploading` version with the hub's outcome.
+
+        `doubt` says why a success is not to be trusted (the file changed
+        while it was sent): an append then becomes `in_doubt`, since its rows
+        may be wrong and sending the new version could repeat some; a replace
+        is done, as the next version replaces whatever this one wrote.
 
         `kind` is the hub client's Outcome.kind: success -> done (disposition
         pending); rejected -> failed; blocked -> blocked, with the watch
@@ -768,6 +805,9 @@ class Ledger:
                 "last_error": error,
                 "sha256": sha256 or version.sha256,
             }
+            if kind == "success" and doubt and version.mode == "append":
+                note = _in_doubt_note(version.id, doubt)
+                return self._move(version, "in_doubt", note=note, rows=rows, **common)
             if kind == "success":
                 return self._succeed(version, now, rows, common)
             if kind == "rejected":
@@ -901,6 +941,81 @@ class Ledger:
                 next_attempt_at=None,
                 disposition="pending",
             )
+
+    def mark_superseded(self, version_id: int, reason: str) -> Version:
+        """A claimed version whose file changed before any byte was sent:
+        its newer version is recorded on its own when it settles."""
+        with self._write(durable=True):
+            version = self._require(version_id)
+            self.db.execute(
+                "DELETE FROM attempts WHERE version_id = ? AND ended_at IS NULL",
+                [version_id],
+            )
+            return self._move(version, "superseded", note=reason, next_attempt_at=None)
+
+    def release(self, version_id: int, reason: str) -> Version:
+        """Put a claimed version back at the head of its queue, unsent (an
+        internal error before the request, or a watch that a reload removed)."""
+        now = self._now(None)
+        with self._write(durable=True):
+            version = self._require(version_id)
+            attempt = self._open_attempt(version_id)
+            if attempt is not None:
+                self._close_attempt(attempt, now, "released", None, None, reason)
+            return self._move(version, "ready", note=reason)
+
+    def record_refused(
+        self,
+        watch: WatchConfig,
+        path: Path | str,
+        size: int,
+        mtime_ns: int,
+        ctime_ns: int,
+        inode: int,
+        reason: str,
+        *,
+        now: float | None = None,
+    ) -> tuple[Version, bool]:
+        """Record a file refused before any request (a symlink, a FIFO, an
+        empty file...) as `failed` with `reason`, its move still pending.
+        Idempotent on identity, like `record_ready`."""
+        path, now = str(path), self._now(now)
+        with self._write(durable=True):
+            known = self._identity(watch.name, path, size, mtime_ns, inode)
+            if known is not None:
+                return known, False
+            self.db.execute(
+                "DELETE FROM versions WHERE watch = ? AND path = ?"
+                " AND state = 'detected'",
+                [watch.name, path],
+            )
+            row = {
+                "watch": watch.name,
+                "task_id": watch.task_id,
+                "mode": watch.mode,
+                "path": path,
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "ctime_ns": ctime_ns,
+                "inode": inode,
+                "state": "failed",
+                "detected_at": now,
+                "ready_at": now,
+                "last_error": reason,
+                "disposition": "pending",
+            }
+            version_id = self.db["versions"].insert(row).last_pk
+            return self._require(version_id), True
+
+    def pending_dispositions(self, limit: int = 500) -> list[Version]:
+        """Closed or failed versions whose file still awaits its move."""
+        return self._versions("disposition = 'pending' ORDER BY id LIMIT ?", [limit])
+
+    def counts(self) -> dict[str, int]:
+        """How many versions are in each state."""
+        sql = "SELECT state, COUNT(*) FROM versions GROUP BY state"
+        with self._lock:
+            return dict(self.db.conn.execute(sql).fetchall())
 
     def set_disposition(
         self, version_id: int, disposition: str, disposed_to: Path | str | None = None

@@ -688,3 +688,69 @@ def test_known_identities_lists_every_version_past_settling(ledger: Ledger):
         (v.path, v.size, v.mtime_ns, v.inode) for v in versions
     }
     assert ledger.known_identities("other") == set()
+
+
+# --- what the dispatcher and the watcher add ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "state"), [("append", "in_doubt"), ("replace", "done")]
+)
+def test_a_success_whose_file_changed_meanwhile(ledger: Ledger, mode: str, state: str):
+    version = ready(ledger, make_watch(mode=mode), "a.csv")
+    ledger.claim_next()
+    result = ledger.finish(
+        version.id, kind="success", status=200, rows=3, doubt="changed while sent"
+    )
+    assert result.state == state
+    if state == "in_doubt":
+        assert "changed while sent" in (result.note or "")
+
+
+def test_a_claimed_version_whose_file_changed_is_superseded(ledger: Ledger):
+    version = ready(ledger, make_watch(), "a.csv")
+    ledger.claim_next()
+    result = ledger.mark_superseded(version.id, "the file changed before upload")
+    assert result.state == "superseded"
+    assert ledger.attempts(version.id) == []
+
+
+def test_release_puts_a_claimed_version_back_at_the_head(ledger: Ledger):
+    watch = make_watch(mode="append")
+    first = ready(ledger, watch, "a.csv", mtime_ns=1)
+    ready(ledger, watch, "b.csv", mtime_ns=2)
+    assert ledger.claim_next().id == first.id
+    assert ledger.release(first.id, "internal error").state == "ready"
+    assert ledger.claim_next().id == first.id
+
+
+def test_claims_only_for_the_watches_given(ledger: Ledger):
+    gone = make_watch(name="gone", task_id=TASK_A)
+    kept = make_watch(name="kept", task_id=TASK_B, path=Path("/srv/other"))
+    ready(ledger, gone, "a.csv")
+    mine = ready(ledger, kept, "b.csv")
+    assert ledger.next_due_at(watches={"kept"}) is not None
+    assert ledger.claim_next(watches={"kept"}).id == mine.id
+    assert ledger.claim_next(watches={"kept"}) is None
+
+
+def test_refused_files_are_failed_once_with_their_reason(ledger: Ledger):
+    watch = make_watch()
+    args = (watch, watch.path / "link.csv", 0, 5, 5, 77, "a symbolic link")
+    version, created = ledger.record_refused(*args)
+    assert created and version.state == "failed"
+    assert version.last_error == "a symbolic link"
+    assert version.disposition == "pending"
+    again, created = ledger.record_refused(*args)
+    assert not created and again.id == version.id
+    assert [v.id for v in ledger.pending_dispositions()] == [version.id]
+    ledger.set_disposition(version.id, "failed_folder", "/srv/drop/failed/link.csv")
+    assert ledger.pending_dispositions() == []
+
+
+def test_counts_by_state(ledger: Ledger):
+    watch = make_watch(mode="append")
+    ready(ledger, watch, "a.csv", mtime_ns=1)
+    ready(ledger, watch, "b.csv", mtime_ns=2)
+    ledger.claim_next()
+    assert ledger.counts() == {"ready": 1, "uploading": 1}
