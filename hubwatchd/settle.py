@@ -85,7 +85,6 @@ KINDS = frozenset(
     }
 )
 _ACTIVITY = frozenset({CREATED, MODIFIED, ATTRIB, CLOSED_WRITE, MOVED_IN})
-_WRITES = frozenset({CREATED, MODIFIED})
 
 RENAME_GRACE = 0.5
 OPEN_CAP_MIN = 3600.0
@@ -560,7 +559,15 @@ class Settler:
                     self._entries.pop(key, None)
                 return
         sig = _identity(stat_result)
-        self._record(config, key, kind, sig, closes=closes, carried=carried)
+        # A write means an open descriptor, which will be closed. A creation
+        # does too when the new file is empty; a link(), symlink() or mknod()
+        # creates a name no one holds open, so no close will ever come.
+        opens = kind == MODIFIED or (
+            kind == CREATED
+            and stat.S_ISREG(stat_result.st_mode)
+            and stat_result.st_size == 0
+        )
+        self._record(config, key, kind, sig, writer=opens and closes, carried=carried)
 
     def _record(
         self,
@@ -569,7 +576,7 @@ class Settler:
         kind: str,
         sig: Identity,
         *,
-        closes: bool,
+        writer: bool,
         carried: bool,
     ) -> None:
         now = self._clock()
@@ -596,7 +603,7 @@ class Settler:
             entry.gen += 1
             entry.sig = sig
             entry.last_event = now
-            if kind in _WRITES and closes:
+            if writer:
                 entry.needs_close = True
             elif kind == CLOSED_WRITE:
                 entry.needs_close = False
@@ -611,7 +618,7 @@ class Settler:
         # Temp names never become ready, but a writer that renames its temp
         # file before closing it must still be waited for after the rename.
         with self._cond:
-            if kind in _WRITES and closes:
+            if kind == MODIFIED and closes:
                 entry = self._entries.get(key)
                 if entry is None:
                     self._entries[key] = _Entry(

@@ -487,3 +487,21 @@ def test_inspect_reads_only_the_head_of_a_large_csv(tmp_path):
 def test_xlsx_with_zip_magic_is_accepted(tmp_path):
     f = write(tmp_path / "a.xlsx", b"PK\x03\x04" + b"\x00" * 100 + b"end")
     assert inspect(make_watch(tmp_path), f).size == 107
+
+
+def test_a_name_created_without_a_writer_needs_no_close(rig, tmp_path):
+    r = rig()
+    original = write(tmp_path / "elsewhere.txt")
+    linked = tmp_path / "a.csv"
+    os.link(original, linked)  # IN_CREATE, and no close ever follows
+    r.feed(linked, CREATED)
+    [candidate] = r.after(3.1)
+    assert candidate.path == str(linked)
+
+
+def test_an_empty_new_file_is_held_open_by_its_writer(rig, tmp_path):
+    r = rig()
+    f = write(tmp_path / "a.csv", b"")
+    r.feed(f, CREATED)
+    assert r.after(3.1) == []
+    assert r.settler.pending()[0].waiting_for_close
