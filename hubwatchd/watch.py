@@ -370,11 +370,23 @@ class Watcher:
             self._observed.clear()
 
     def alive(self) -> bool:
-        """True when the supervisor and every observer run (systemd watchdog)."""
+        """True when the supervisor and every started observer run.
+
+        For the systemd watchdog. A watch whose folder is unavailable has no
+        observer and does not count (see `unavailable`): the supervisor keeps
+        retrying it, and restarting the daemon would not bring it back.
+        """
         if self._thread is None or not self._thread.is_alive():
             return False
         with self._lock:
-            return all(o.alive() for o in self._observed.values())
+            return all(
+                o.alive() for o in self._observed.values() if o.observer is not None
+            )
+
+    def unavailable(self) -> list[str]:
+        """Watches whose folder could not be watched (missing, unreadable)."""
+        with self._lock:
+            return [n for n, o in self._observed.items() if o.observer is None]
 
     def polling(self, watch: str) -> bool:
         """Whether `watch` is polled (False for inotify)."""
@@ -496,10 +508,11 @@ class Watcher:
             for name, observed in list(self._observed.items()):
                 if observed.alive() or self._stopping.is_set():
                     continue
-                if observed.observer is not None:
+                was_running = observed.observer is not None
+                if was_running:
                     log.error("watch.observer_dead", watch=name, action="restarting")
                 self._stop_observer(observed)
-                fresh = self._start_observer(observed.watch)
+                fresh = self._start_observer(observed.watch, quiet=not was_running)
                 self._observed[name] = fresh
                 if fresh.observer is not None:
                     restarted.append(name)
@@ -508,7 +521,7 @@ class Watcher:
 
     # --- observers ---
 
-    def _start_observer(self, watch: WatchConfig) -> _Observed:
+    def _start_observer(self, watch: WatchConfig, *, quiet: bool = False) -> _Observed:
         polling, why = wants_polling(watch, self._mountinfo)
         if not polling:
             try:
@@ -535,7 +548,9 @@ class Watcher:
         try:
             observer = self._launch(watch, polling=True)
         except OSError as exc:
-            log.error(
+            # Once per outage: the supervisor retries every few seconds.
+            report = log.debug if quiet else log.error
+            report(
                 "watch.folder_unavailable",
                 watch=watch.name,
                 path=str(watch.path),
@@ -633,9 +648,10 @@ class Watcher:
         if config is None or not config.recursive or observed is None:
             return
         if _inside(config, path):
-            known = self._known(watch) if self._known is not None else set()
+            # No known-set here: fetching it per new folder costs more than
+            # the Settler's own check that a version was reported already.
             closes = not observed.polling
-            scan(config, self._sink.feed, known=known, closes=closes, top=path)
+            scan(config, self._sink.feed, closes=closes, top=path)
 
 
 def _inside(watch: WatchConfig, folder: str) -> bool:

@@ -333,6 +333,22 @@ def test_dead_observer_is_restarted_and_its_folder_rescanned(detector, tmp_path)
     assert candidate.path == str(tmp_path / "after.csv")
 
 
+def test_vanished_folder_is_watched_again_when_it_returns(detector, tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    d = detector(make_watch(drop), supervise_interval=3600.0)
+    shutil.rmtree(drop)
+    wait_for(lambda: not d.watcher.alive())  # inotify stops at IN_DELETE_SELF
+    assert d.watcher.supervise() == []
+    assert d.watcher.unavailable() == ["w"]
+    assert d.watcher.alive()  # a restart of the daemon would not help
+    drop.mkdir()
+    write(drop / "a.csv")
+    assert d.watcher.supervise() == ["w"]
+    [candidate] = d.got.take()
+    assert candidate.path == str(drop / "a.csv")
+
+
 def test_recursive_watch_over_the_inotify_limit_logs_the_sysctl(
     detector, tmp_path, monkeypatch
 ):
