@@ -12,7 +12,9 @@ A path is ready when all of these hold:
 - no event for it during the watch's `settle` seconds, and size, mtime_ns
   and ctime_ns are unchanged since its last event (else the wait restarts);
 - where close events exist (inotify), it was closed after its last write, or
-  renamed into place. A rename is complete at once: it waits only
+  renamed into place (a write, or the creation of an empty file, means a
+  descriptor that will be closed; a link() or mknod() name needs no close).
+  A rename is complete at once: it waits only
   `RENAME_GRACE` (or `settle`, if shorter) and is re-checked. A close alone
   proves nothing (SFTP servers close cut-off uploads too): the quiet period
   always applies. A file written and never closed (a writer idling with it
