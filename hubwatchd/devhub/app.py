@@ -14,6 +14,7 @@ import collections
 import contextlib
 import datetime
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from hubwatchd.devhub.formats import BadRows, choose_format, read_rows
 from hubwatchd.devhub.settings import Settings
 from hubwatchd.devhub.store import Store
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 MODES = ("replace", "append")
 REQUEST_LOG_SIZE = 100_000
@@ -71,6 +73,11 @@ class Devhub:
         self.store = Store(self.data_dir / "devhub.sqlite")
         self.spool_dir = self.data_dir / "incoming"
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.reset_faults()
+
+    def reset_faults(self) -> None:
+        """Back to the faults of the config file."""
+        self.faults.clear()
         for spec in self.settings.faults:
             self.faults.add(parse_fault(spec))
 
@@ -98,6 +105,7 @@ def make_app(hub: Devhub) -> web.Application:
     app.router.add_get("/_devhub/faults", list_faults)
     app.router.add_post("/_devhub/faults", add_faults)
     app.router.add_delete("/_devhub/faults", clear_faults)
+    app.router.add_post("/_devhub/reset", reset)
     return app
 
 
@@ -123,16 +131,12 @@ async def upload(request: web.Request) -> web.StreamResponse:
     fault = hub.faults.take(entry["task"])
     if fault is not None:
         entry["fault"] = fault.kind
-    try:
-        if fault is not None and fault.kind != "delay":
-            return await _inject(hub, request, fault, entry)
-        response = await _handle(hub, request, entry)
-        if fault is not None:
-            await _sleep_unless_stopping(hub, fault.seconds)
-        return response
-    finally:
-        if "status" not in entry:
-            entry["status"] = None
+    if fault is not None and fault.kind != "delay":
+        return await _inject(hub, request, fault, entry)
+    response = await _handle(hub, request, entry)
+    if fault is not None:
+        await _sleep_unless_stopping(hub, fault.seconds)
+    return response
 
 
 def _log_entry(hub: Devhub, request: web.Request) -> dict[str, Any]:
@@ -149,6 +153,7 @@ def _log_entry(hub: Devhub, request: web.Request) -> dict[str, Any]:
         "bytes": 0,
         "sha256": None,
         "fault": None,
+        "status": None,
         "rows": None,
         "detail": None,
     }
@@ -179,6 +184,10 @@ async def _handle(
     except ClientGone:
         entry["detail"] = "the client closed the connection mid-body"
         return web.Response(status=400)
+    except Exception as exc:
+        log.exception("devhub.upload_failed")
+        entry["detail"] = f"devhub failed: {exc!r}"
+        return _finish(entry, problem(500, entry["detail"]))
     entry["rows"] = rows
     return _finish(entry, web.json_response({"rowsProcessed": rows}))
 
@@ -455,6 +464,15 @@ async def list_requests(request: web.Request) -> web.Response:
 async def clear_requests(request: web.Request) -> web.Response:
     request.app[HUB_KEY].requests.clear()
     return web.json_response({"requests": []})
+
+
+async def reset(request: web.Request) -> web.Response:
+    """Empty every table and the request log; faults back to the config's."""
+    hub = request.app[HUB_KEY]
+    await asyncio.to_thread(hub.store.clear)
+    hub.requests.clear()
+    hub.reset_faults()
+    return web.json_response({"reset": True})
 
 
 async def list_faults(request: web.Request) -> web.Response:
