@@ -7,9 +7,11 @@ import email.utils
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openpyxl
@@ -728,3 +730,65 @@ def wait_for(condition, seconds: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)
+
+
+# --- memory ---------------------------------------------------------------
+
+GIB = 1 << 30
+RSS_LIMIT = 150 * 1000 * 1000
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of process `pid`, in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.MULTILINE)
+    assert kib is not None
+    return int(kib.group(1)) * 1024
+
+
+@pytest.mark.slow
+def test_1_gib_upload_keeps_devhub_peak_rss_below_150_mb(devhub_factory, tmp_path):
+    hub = devhub_factory()
+    # 1 GiB of CSV: a header, then 1 MiB rows of 1 KiB each, written in 8 MiB blocks.
+    row = b"1234567," + b"x" * 1015 + b"\n"
+    block = row * 8192
+    path = tmp_path / "big.csv"
+    digest = hashlib.sha256(b"id,text\n")
+    with path.open("wb") as out:
+        out.write(b"id,text\n")
+        for _ in range(GIB // len(block)):
+            out.write(block)
+            digest.update(block)
+    size = path.stat().st_size
+
+    boundary = "devhub-test-boundary"
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="big.csv"\r\n'
+        "Content-Type: text/csv\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def body():
+        yield head
+        with path.open("rb") as data:
+            while chunk := data.read(1 << 20):
+                yield chunk
+        yield tail
+
+    response = httpx.post(
+        hub.endpoint(SALES_TASK),
+        content=body(),
+        headers={
+            "X-Api-Key": SALES_KEY,
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + size + len(tail)),
+        },
+        timeout=300,
+    )
+
+    assert response.json() == {"rowsProcessed": GIB // len(row)}
+    assert vm_hwm(hub.pid) < RSS_LIMIT
+    entry = hub.requests()[-1]
+    assert (entry["bytes"], entry["sha256"]) == (size, digest.hexdigest())
+    assert hub.tables()[SALES_TABLE] == GIB // len(row)
