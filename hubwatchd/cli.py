@@ -231,6 +231,8 @@ def devhub(
     import dataclasses
 
     try:
+        import openpyxl  # noqa: F401  (imported here only to fail early)
+
         from hubwatchd.devhub import server, settings
     except ImportError as exc:
         message = (
@@ -256,7 +258,15 @@ def devhub(
             click.echo("discard mode: bodies are read and counted, nothing is stored")
         if config_path is None:
             click.echo("demo setup (no --config given):")
-        click.echo(settings.describe(setup), nl=True)
+        click.echo(settings.describe(setup))
+        if config_path is None:
+            task = next(iter(setup.tasks))
+            click.echo("try:")
+            click.echo(
+                "  curl -F file=@sales.csv -H 'X-Api-Key: demo-sales-key' "
+                f"'{url}/v1/Tasks/{task}/data?mode=replace'"
+            )
+            click.echo(f"  curl {url}/_devhub/tables/Sales/rows")
 
     try:
         server.run(

@@ -690,10 +690,11 @@ def test_inspection_paths(devhub):
 # --- the command ------------------------------------------------------------
 
 
-def test_command_without_the_extra_says_what_to_install(tmp_path):
+@pytest.mark.parametrize("missing", ["aiohttp", "openpyxl"])
+def test_command_without_the_extra_says_what_to_install(missing):
     script = (
         "import sys\n"
-        "sys.modules['aiohttp'] = None\n"  # as if the extra were not installed
+        f"sys.modules[{missing!r}] = None\n"  # as if the extra were not installed
         "from hubwatchd.cli import main\n"
         "main(['devhub', '--port', '0'])\n"
     )
@@ -710,6 +711,17 @@ def test_the_daemons_command_line_never_imports_aiohttp():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "False"
+
+
+def test_sigterm_stops_devhub_promptly_even_with_a_request_hanging(devhub_factory):
+    hub = devhub_factory()
+    hub.set_fault("hang")
+    with pytest.raises(httpx.ReadTimeout):
+        post_file(hub.endpoint(SALES_TASK), SALES_KEY, SALES_CSV, timeout=0.3)
+
+    hub.proc.terminate()
+
+    assert hub.proc.wait(timeout=10) == 0
 
 
 def test_command_refuses_a_bad_devhub_config(tmp_path):
