@@ -9,6 +9,7 @@ import shutil
 import signal
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -23,6 +24,7 @@ class CannotListen(Exception):
 
 # How long stopping waits for requests still being handled.
 SHUTDOWN_SECONDS = 3.0
+WORKER_THREADS = 32
 
 
 def run(
@@ -69,6 +71,9 @@ async def _serve(
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Spooling and row writing both run in worker threads; uploads queued on
+    # the table lock must not leave none free for the bodies still streaming.
+    loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, "devhub"))
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
