@@ -447,6 +447,93 @@ def push(
 
 # --- devhub ---------------------------------------------------------------
 
+EX_UNAVAILABLE = 69  # sysexits.h: a needed part (here the devhub extra) is missing
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port",
+    type=int,
+    default=8080,
+    show_default=True,
+    help="Port; 0 picks a free one.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A devhub config file (tasks, keys, faults) [default: the demo setup].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the tables here [default: a temporary directory removed on exit].",
+)
+@click.option(
+    "--discard", is_flag=True, help="Read and count bodies, store nothing (benchmarks)."
+)
+@click.option(
+    "--max-body-size", type=int, help="Bytes per request [default: 20 GB, or config]."
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='Once listening, write {"url": ..., "pid": ...} here (for test harnesses).',
+)
+def devhub(
+    host: str,
+    port: int,
+    config_path: Path | None,
+    data_dir: Path | None,
+    discard: bool,
+    max_body_size: int | None,
+    ready_file: Path | None,
+) -> None:
+    """A local Data Hub for tests, demos and dry runs (needs hubwatchd[devhub])."""
+    import dataclasses
+
+    try:
+        from hubwatchd.devhub import server, settings
+    except ImportError as exc:
+        message = (
+            f"devhub needs its extra ({exc.name} is missing): "
+            "pip install 'hubwatchd[devhub]'"
+        )
+        fail(message, EX_UNAVAILABLE)
+    try:
+        if config_path is None:
+            setup = settings.settings_from_dict(settings.DEMO_CONFIG)
+        else:
+            setup = settings.load_settings(config_path)
+    except settings.SettingsError as exc:
+        fail(str(exc), EX_CONFIG)
+    if max_body_size is not None:
+        setup = dataclasses.replace(setup, max_body_size=max_body_size)
+
+    def announce(url: str) -> None:
+        click.echo(f"devhub listening on {url}")
+        click.echo(f"upload:  POST {url}/v1/Tasks/{{taskId}}/data?mode=replace|append")
+        click.echo(f"inspect: {url}/_devhub/tables, /_devhub/requests, /_devhub/faults")
+        if discard:
+            click.echo("discard mode: bodies are read and counted, nothing is stored")
+        if config_path is None:
+            click.echo("demo setup (no --config given):")
+        click.echo(settings.describe(setup), nl=True)
+
+    try:
+        server.run(
+            setup,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            discard=discard,
+            ready_file=ready_file,
+            on_ready=announce,
+        )
+    except server.CannotListen as exc:
+        fail(f"devhub: {exc}", EX_UNAVAILABLE)
+
 
 if __name__ == "__main__":
     main()
