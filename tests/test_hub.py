@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from pathlib import Path
 
@@ -556,3 +560,63 @@ def test_one_canonical_line_per_upload(devhub, tmp_path):
         assert field in line
     assert "mib_s" in line
     assert (line["rows"], line["status"], line["bytes"]) == (2, 200, len(CSV))
+
+
+# --- TLS ----------------------------------------------------------------------
+
+
+class _Answer42(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        remaining = int(self.headers["Content-Length"])
+        while remaining:
+            remaining -= len(self.rfile.read(min(remaining, 65536)))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"42")
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def tls_hub(tmp_path):
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate: (url, cert)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = [
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "1",
+        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer42)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_tls_with_the_ca_bundle_succeeds(tls_hub, tmp_path):
+    url, cert = tls_hub
+    path = write(tmp_path, "sales.csv", CSV)
+    with HubClient(HubConfig(url=url, api_key=None, ca_bundle=cert)) as client:
+        outcome = upload(client, path)
+    assert (outcome.kind, outcome.rows) == ("success", 42)
+
+
+def test_tls_is_verified_without_a_ca_bundle(tls_hub, tmp_path, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    url, _cert = tls_hub
+    path = write(tmp_path, "sales.csv", CSV)
+    with HubClient(HubConfig(url=url, api_key=None)) as client:
+        outcome = upload(client, path)
+    assert (outcome.kind, outcome.status) == ("retry", None)
+    assert "CERTIFICATE_VERIFY_FAILED" in outcome.error
