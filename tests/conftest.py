@@ -94,6 +94,10 @@ class DevhubProcess:
         response.raise_for_status()
         return response.json()
 
+    def reset(self) -> None:
+        """Empty every table and the request log; faults back to the config's."""
+        self._client.post("/_devhub/reset").raise_for_status()
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after STOP_SECONDS; idempotent."""
         self._client.close()
@@ -184,7 +188,26 @@ def devhub_factory(tmp_path: Path) -> Iterator[Callable[..., DevhubProcess]]:
         hub.stop()
 
 
+@pytest.fixture(scope="session")
+def _standard_devhub(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[DevhubProcess]:
+    hub = start_devhub(tmp_path_factory.mktemp("devhub-standard"))
+    yield hub
+    hub.stop()
+
+
 @pytest.fixture
-def devhub(devhub_factory: Callable[..., DevhubProcess]) -> DevhubProcess:
-    """A devhub serving hubdata.STANDARD_CONFIG."""
-    return devhub_factory()
+def devhub(_standard_devhub: DevhubProcess) -> DevhubProcess:
+    """A devhub serving hubdata.STANDARD_CONFIG, fresh for each test.
+
+    One process serves the whole session (starting one per test costs a
+    second each); before every test its tables and request log are emptied
+    and its faults cleared. Do not stop it; use `devhub_factory` for a devhub
+    of your own (another config, discard mode, a size limit, or to measure
+    its process).
+    """
+    if _standard_devhub.proc.poll() is not None:
+        pytest.fail(f"the shared devhub died; see {_standard_devhub.log_path}")
+    _standard_devhub.reset()
+    return _standard_devhub

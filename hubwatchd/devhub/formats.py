@@ -224,6 +224,9 @@ class _JsonStream:
                 self._fill(want)
                 want *= 2
                 continue
+            except RecursionError as exc:
+                where = self._where(self._pos)
+                raise BadRows(f"row {number} ({where}): nested too deeply") from exc
             # A number cut at the window's end decodes, but wrongly.
             if end == len(self._buf) and not self._eof:
                 self._fill(want)
@@ -258,39 +261,51 @@ def _flat_row(value: Any, number: int, stream: _JsonStream) -> Row:
 
 def xlsx_rows(path: Path) -> Iterator[Row]:
     """Rows of the first worksheet; its first row is the header."""
-    import zipfile
-
     import openpyxl
 
-    try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-        raise BadRows(f"not a readable XLSX workbook: {exc}") from exc
-    try:
-        if not book.worksheets:
-            raise BadRows("the workbook has no worksheet")
-        sheet = book.worksheets[0]
-        header: list[str] | None = None
-        for number, cells in enumerate(sheet.iter_rows(values_only=True), start=1):
-            values = list(cells)
-            while values and values[-1] is None:
-                values.pop()
-            if header is None:
-                if not values:
-                    raise BadRows(f"row {number}: the header row is empty")
-                header = _header(values, f"row {number}")
-                continue
-            if not values:
-                continue  # an empty row
-            if len(values) > len(header):
-                message = f"row {number}: {len(values)} cells, the header has "
-                raise BadRows(message + f"{len(header)}")
-            values += [None] * (len(header) - len(values))
-            yield {n: _cell(v) for n, v in zip(header, values, strict=True)}
+    with path.open("rb") as raw:
+        try:
+            # A file object, not a path: openpyxl judges paths by their suffix.
+            book = openpyxl.load_workbook(raw, read_only=True, data_only=True)
+        except Exception as exc:  # openpyxl raises many kinds on a bad file
+            raise BadRows(f"not a readable XLSX workbook: {exc}") from exc
+        try:
+            yield from _sheet_rows(book)
+        finally:
+            book.close()
+
+
+def _sheet_rows(book: Any) -> Iterator[Row]:
+    if not book.worksheets:
+        raise BadRows("the workbook has no worksheet")
+    header: list[str] | None = None
+    cells_by_row = book.worksheets[0].iter_rows(values_only=True)
+    number = 0
+    while True:
+        number += 1
+        try:
+            cells = next(cells_by_row)
+        except StopIteration:
+            break
+        except Exception as exc:  # a damaged sheet part
+            raise BadRows(f"row {number}: unreadable ({exc})") from exc
+        values = list(cells)
+        while values and values[-1] is None:
+            values.pop()
         if header is None:
-            raise BadRows("row 1: the first worksheet is empty; it needs a header")
-    finally:
-        book.close()
+            if not values:
+                raise BadRows(f"row {number}: the header row is empty")
+            header = _header(values, f"row {number}")
+            continue
+        if not values:
+            continue  # an empty row
+        if len(values) > len(header):
+            message = f"row {number}: {len(values)} cells, the header has "
+            raise BadRows(message + f"{len(header)}")
+        values += [None] * (len(header) - len(values))
+        yield {n: _cell(v) for n, v in zip(header, values, strict=True)}
+    if header is None:
+        raise BadRows("row 1: the first worksheet is empty; it needs a header")
 
 
 def _cell(value: Any) -> Any:

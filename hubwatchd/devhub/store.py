@@ -71,6 +71,19 @@ class Store:
             finally:
                 db.close()
 
+    def clear(self) -> None:
+        """Drop every table: back to a devhub that was never written."""
+        with self._write_lock:
+            db = self._connect()
+            try:
+                tables = db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                ).fetchall()
+                for (name,) in tables:
+                    db.execute(f"DROP TABLE {quote(name)}")
+            finally:
+                db.close()
+
     def count(self, table: str) -> int | None:
         """Rows in `table`, or None when it was never written."""
         db = self._connect()
