@@ -7,6 +7,7 @@ config (78) from a refused file (65) or a hub that is down (75).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,19 +19,31 @@ from typing import Any, NoReturn
 
 import click
 
-from hubwatchd import __version__, report
+from hubwatchd import __version__, logs, report
 from hubwatchd.config import (
+    GUID_EXAMPLE,
     GUID_RE,
     Config,
+    Secret,
     check_filesystem,
     default_config_path,
     load_config,
+    parse_duration,
     redacted_dict,
     render_toml,
     starter_config,
 )
-from hubwatchd.errors import ConfigError, LedgerError
+from hubwatchd.errors import ConfigError, FileRefused, LedgerError
 from hubwatchd.ledger import STATES, Ledger
+from hubwatchd.hub import HubClient, Outcome
+from hubwatchd.push import (
+    PushResult,
+    PushTarget,
+    check_file,
+    push_file,
+    record_in_ledger,
+)
+from hubwatchd.retry import RetryPolicy
 
 EX_OK = 0
 EX_USAGE = 64
@@ -184,6 +197,256 @@ def init(
 
 
 # --- upload (hub client) --------------------------------------------------
+
+
+def _read_key(api_key_file: Path | None, api_key_env: str | None) -> Secret | None:
+    """A key from --api-key-file or --api-key-env; exits 78 when unusable."""
+    if api_key_file is not None:
+        try:
+            value = api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--api-key-file {api_key_file}: cannot read it ({exc})", EX_CONFIG)
+        source = f"file {api_key_file}"
+    elif api_key_env is not None:
+        value = os.environ.get(api_key_env, "").strip()
+        source = f"environment variable {api_key_env}"
+    else:
+        return None
+    if not value or any(ch.isspace() or ord(ch) < 32 for ch in value):
+        fail(f"the key from {source} is empty or contains spaces", EX_CONFIG)
+    logs.register_secret(value)
+    return Secret(value=value, source=source)
+
+
+def _push_target(
+    config: Config,
+    task_id: str | None,
+    mode: str | None,
+    watch_name: str | None,
+    key: Secret | None,
+    json_raw: bool | None,
+    allow_empty: bool,
+) -> PushTarget:
+    if watch_name is not None:
+        try:
+            watch = config.watch(watch_name)
+        except KeyError:
+            known = ", ".join(w.name for w in config.watches)
+            fail(
+                f"no watch named {watch_name!r} in {config.source}; known: {known}", 64
+            )
+        return PushTarget(
+            task_id=watch.task_id,
+            mode=watch.mode,
+            api_key=watch.api_key,
+            json_raw=watch.json_upload == "raw" if json_raw is None else json_raw,
+            allow_empty=allow_empty or watch.allow_empty,
+            max_file_size=watch.max_file_size,
+            watch=watch.name,
+        )
+    assert task_id is not None
+    key = key or config.hub.api_key
+    if key is None:
+        message = (
+            "no API key for --task: give --api-key-file or --api-key-env, "
+            f"or set one in [hub] of {config.source}"
+        )
+        fail(message, EX_CONFIG)
+    return PushTarget(
+        task_id=task_id.lower(),
+        mode=mode or "replace",
+        api_key=key,
+        json_raw=bool(json_raw),
+        allow_empty=allow_empty,
+    )
+
+
+def _push_one(
+    client: HubClient,
+    config: Config,
+    target: PushTarget,
+    path: Path,
+    max_wait: float,
+) -> int:
+    """Push one file, tell the operator how it went, return its exit code."""
+    try:
+        size = check_file(path, target)
+    except FileRefused as exc:
+        click.echo(f"hubwatchd: refused: {exc.reason}", err=True)
+        return EX_DATAERR
+
+    def on_retry(outcome: Outcome, delay: float, attempt: int) -> None:
+        message = (
+            f"hubwatchd: {path}: {outcome.error}; attempt {attempt} in {delay:.0f}s"
+        )
+        click.echo(message, err=True)
+
+    # A bar on a terminal; nothing at all on a pipe or in a log.
+    on_terminal = sys.stderr.isatty()
+    bar_context: Any = (
+        click.progressbar(length=size, label=path.name, file=sys.stderr)
+        if on_terminal
+        else contextlib.nullcontext()
+    )
+    with bar_context as bar:
+        shown = [0]
+
+        def progress(sent: int) -> None:
+            bar.update(sent - shown[0])
+            shown[0] = sent
+
+        try:
+            result = push_file(
+                client,
+                target,
+                path,
+                size,
+                policy=RetryPolicy.from_config(config.retry),
+                max_wait=max_wait,
+                progress=progress if on_terminal else None,
+                on_retry=on_retry,
+            )
+        except FileRefused as exc:
+            click.echo(f"hubwatchd: refused: {exc.reason}", err=True)
+            return EX_DATAERR
+    record_in_ledger(config, target, path, size, result)
+    return _report(path, target, result)
+
+
+def _report(path: Path, target: PushTarget, result: PushResult) -> int:
+    outcome = result.outcome
+    if outcome.ok:
+        done = "replaced the rows of" if target.mode == "replace" else "appended to"
+        rows = "rows: not stated" if outcome.rows is None else f"{outcome.rows} rows"
+        rate = outcome.bytes_sent / 1048576 / max(outcome.seconds, 1e-9)
+        message = (
+            f"{path}: {done} task {target.task_id} ({rows}, {outcome.bytes_sent} "
+            f"bytes, {outcome.seconds:.1f}s, {rate:.0f} MiB/s)"
+        )
+        click.echo(message)
+        if outcome.rows is None and outcome.raw:
+            click.echo(f"  the hub answered: {outcome.raw}")
+        return EX_OK
+    if outcome.kind == "rejected":
+        click.echo(
+            f"hubwatchd: {path}: the hub refused the file: {outcome.error}", err=True
+        )
+        return EX_DATAERR
+    if outcome.kind == "blocked":
+        message = (
+            f"hubwatchd: {path}: {outcome.error}; check the key and the task id "
+            f"({target.task_id})"
+        )
+        click.echo(message, err=True)
+        return EX_NOPERM
+    if result.in_doubt:
+        message = (
+            f"hubwatchd: {path}: {outcome.error}; the whole file had been sent, so "
+            "the hub may have appended its rows: check the table before pushing "
+            "it again"
+        )
+    else:
+        tries = "1 attempt" if result.attempts == 1 else f"{result.attempts} attempts"
+        message = f"hubwatchd: {path}: still failing after {tries}: {outcome.error}"
+    click.echo(message, err=True)
+    return EX_TEMPFAIL
+
+
+# Worst first: a blocked target stops the run, the rest only set the code.
+_SEVERITY = (EX_NOPERM, EX_TEMPFAIL, EX_DATAERR, EX_OK)
+
+
+@main.command()
+@click.argument(
+    "files",
+    nargs=-1,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@click.option("--task", "task_id", metavar="ID", help="The container task's GUID.")
+@click.option(
+    "--mode",
+    type=click.Choice(["replace", "append"]),
+    default=None,
+    help="With --task: replace the table's rows or append [default: replace].",
+)
+@click.option(
+    "--watch",
+    "watch_name",
+    metavar="NAME",
+    help="Upload as this watch does: its task, mode and key.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --task: read the key here instead of [hub].",
+)
+@click.option(
+    "--api-key-env", metavar="VAR", help="With --task: read the key from $VAR."
+)
+@click.option(
+    "--json-raw/--json-multipart",
+    default=None,
+    help="Send .json files as a raw JSON body or as a form upload "
+    "[default: the watch's json_upload, else multipart].",
+)
+@click.option("--allow-empty", is_flag=True, help="Upload empty files too.")
+@click.option(
+    "--max-wait",
+    default="5m",
+    show_default=True,
+    help="Stop retrying a failing upload after this long.",
+)
+@click.option(
+    "-v", "--verbose", count=True, help="Log each upload (-v) or the wire (-vv)."
+)
+@config_option
+def push(
+    files: tuple[Path, ...],
+    task_id: str | None,
+    mode: str | None,
+    watch_name: str | None,
+    api_key_file: Path | None,
+    api_key_env: str | None,
+    json_raw: bool | None,
+    allow_empty: bool,
+    max_wait: str,
+    verbose: int,
+    config_path: Path | None,
+) -> None:
+    """Upload FILE... now, through the same client and retry policy as the daemon.
+
+    Give --task ID (with --mode, key from [hub] or --api-key-*) or --watch
+    NAME. Exits 0 when every file succeeded, 65 when the hub refused a file
+    (or it was refused locally), 75 when one still failed after its retries,
+    77 when the key or task id is wrong, 78 for a bad config.
+    """
+    if (task_id is None) == (watch_name is None):
+        fail("give --task ID or --watch NAME (one of them)", EX_USAGE)
+    if watch_name is not None and (mode or api_key_file or api_key_env):
+        fail("--mode and --api-key-* go with --task; a watch has its own", EX_USAGE)
+    if api_key_file and api_key_env:
+        fail("give --api-key-file or --api-key-env, not both", EX_USAGE)
+    if task_id is not None and not GUID_RE.match(task_id):
+        fail(f"--task must be a GUID like {GUID_EXAMPLE}, got {task_id!r}", EX_USAGE)
+    try:
+        wait = parse_duration(max_wait)
+    except ValueError as exc:
+        fail(f"--max-wait {exc}", EX_USAGE)
+
+    config = load_or_exit(config_path, filesystem=False)
+    level = ("critical", "info", "debug")[min(verbose, 2)]
+    logs.configure(config.daemon.log_format, level=level, stream=sys.stderr)
+    key = _read_key(api_key_file, api_key_env)
+    target = _push_target(config, task_id, mode, watch_name, key, json_raw, allow_empty)
+
+    codes: list[int] = []
+    with HubClient(config.hub, workers=1) as client:
+        for path in files:
+            codes.append(_push_one(client, config, target, path, wait))
+            if codes[-1] == EX_NOPERM:
+                break
+    sys.exit(min(codes, key=_SEVERITY.index))
 
 
 # --- ledger: status, history, retry, forget, explain ----------------------
