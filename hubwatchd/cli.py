@@ -33,9 +33,9 @@ from hubwatchd.config import (
     render_toml,
     starter_config,
 )
-from hubwatchd.errors import ConfigError, FileRefused, LedgerError
-from hubwatchd.ledger import STATES, Ledger
+from hubwatchd.errors import ConfigError, FileRefused, LedgerError, LedgerLocked
 from hubwatchd.hub import HubClient, Outcome
+from hubwatchd.ledger import STATES, Ledger
 from hubwatchd.push import (
     PushResult,
     PushTarget,
@@ -48,6 +48,8 @@ from hubwatchd.retry import RetryPolicy
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69  # a needed part is missing (the devhub extra)
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
@@ -451,7 +453,6 @@ def push(
 
 # --- ledger: status, history, retry, forget, explain ----------------------
 
-EX_NOINPUT = 66
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON for scripts instead."
@@ -577,9 +578,48 @@ def explain(config_path: Path | None, as_json: bool, path: Path) -> None:
 # --- daemon: run, demo ----------------------------------------------------
 
 
-# --- devhub ---------------------------------------------------------------
+@main.command()
+@config_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Detect, settle and log what would be uploaded; send and move nothing.",
+)
+def run(config_path: Path | None, dry_run: bool) -> None:
+    """Run the daemon in the foreground (this is what systemd starts)."""
+    from hubwatchd.daemon import Daemon
+    from hubwatchd.errors import LedgerError
 
-EX_UNAVAILABLE = 69  # sysexits.h: a needed part (here the devhub extra) is missing
+    config = load_or_exit(config_path)
+    logs.configure(config.daemon.log_format, config.daemon.log_level)
+    try:
+        code = Daemon(config, dry_run=dry_run).run()
+    except LedgerError as exc:
+        fail(
+            str(exc), EX_SOFTWARE if not isinstance(exc, LedgerLocked) else EX_TEMPFAIL
+        )
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to make the demo's folders [default: a temporary one, removed after].",
+)
+@click.option(
+    "--port", type=int, default=0, help="devhub's port [default: a free one]."
+)
+def demo(directory: Path | None, port: int) -> None:
+    """A local devhub, two drop folders and the daemon, for a first look."""
+    from hubwatchd.demo import run_demo
+
+    sys.exit(run_demo(directory, port))
+
+
+# --- devhub ---------------------------------------------------------------
 
 
 @main.command()

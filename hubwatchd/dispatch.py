@@ -1,0 +1,352 @@
+"""The dispatcher: a bounded pool of uploads, one at a time per task, in order.
+
+One scheduler thread asks the ledger for the next due version of every task
+with nothing in flight, hands it to a worker, and sleeps until a worker
+finishes, new work arrives, or the next retry or probe falls due. Waiting
+retries hold no worker. The ledger decides order, coalescing, retry times
+and blocked probes; this module decides when to ask, runs each upload, and
+carries out the after-action once the ledger has recorded the outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from hubwatchd import files, logs
+from hubwatchd.config import Config, WatchConfig
+from hubwatchd.hub import Outcome, ProgressLog
+from hubwatchd.ledger import Ledger, Version
+
+log = logs.get_logger(__name__)
+
+HASH_CHUNK = 1 << 20
+# A move that failed (disk full, permissions) is tried again after this long.
+MOVE_RETRY = 60.0
+# The longest the scheduler sleeps without being woken: a safety net only.
+IDLE_WAIT = 30.0
+
+
+class Uploader(Protocol):
+    """What the dispatcher needs of a hub client (HubClient, or a dry run's)."""
+
+    def upload(self, path: Path, **kwargs: Any) -> Outcome: ...
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a whole file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Dispatcher:
+    """Runs uploads for the ledger's queued versions on `workers` threads."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        client: Uploader,
+        *,
+        touch_files: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._watches = {w.name: w for w in config.watches}
+        self._ledger = ledger
+        self._client = client
+        self._touch_files = touch_files
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.daemon.workers, thread_name_prefix="hubwatchd-upload"
+        )
+        self._busy: dict[str, str] = {}  # task id -> path in flight
+        self._moves = threading.Lock()
+        self._move_failed: dict[int, float] = {}  # version id -> when to try again
+        self._cond = threading.Condition()
+        self._woken = False
+        self._stopping = threading.Event()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name="hubwatchd-dispatch", daemon=True
+        )
+
+    # --- lifecycle ------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """New work may be waiting: look at the ledger again now."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def alive(self) -> bool:
+        """True while the scheduler runs (for the systemd watchdog)."""
+        return self._thread.is_alive()
+
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._busy)
+
+    def stop(self, grace: float) -> list[str]:
+        """Take no new work; give uploads in flight `grace` seconds, then cancel.
+
+        A cancelled upload stops between chunks and is recorded by the
+        ledger's rules (an unfinished body is no upload). Returns the paths
+        that were still in flight when the grace ran out.
+        """
+        self._stopping.set()
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join()
+        deadline = time.monotonic() + grace
+        with self._cond:
+            while self._busy and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            abandoned = list(self._busy.values())
+        if abandoned:
+            log.warning("dispatch.cancelling", uploads=len(abandoned), paths=abandoned)
+            self._cancel.set()
+        self._pool.shutdown(wait=True)
+        return abandoned
+
+    def update(self, config: Config) -> None:
+        """Take a reloaded config. A watch whose settings changed (a fixed key
+        or task id) is unblocked at once; removed watches' files stay queued."""
+        old = self._watches
+        with self._cond:
+            self._config = config
+            self._watches = {w.name: w for w in config.watches}
+        for name in self._ledger.blocked_watches():
+            if name in self._watches and self._watches[name] != old.get(name):
+                released = self._ledger.unblock(name)
+                log.info(
+                    "watch.unblocked", watch=name, why="config reloaded", files=released
+                )
+        self.wake()
+
+    # --- the scheduler --------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                wait = self._schedule()
+            except Exception:
+                log.exception("dispatch.error")
+                wait = 5.0
+            with self._cond:
+                if not self._woken and not self._stopping.is_set():
+                    self._cond.wait(wait)
+                self._woken = False
+
+    def _schedule(self) -> float:
+        """Start what can start; return how long to sleep before looking again."""
+        self.finish_dispositions()
+        now = self._clock()
+        with self._cond:
+            watches = dict(self._watches)
+            while len(self._busy) < self._config.daemon.workers:
+                version = self._ledger.claim_next(
+                    now, skip_tasks=set(self._busy), watches=watches
+                )
+                if version is None:
+                    break
+                self._busy[version.task_id] = version.path
+                self._pool.submit(self._run, version, watches[version.watch])
+            due = self._ledger.next_due_at(skip_tasks=set(self._busy), watches=watches)
+        if due is None:
+            return IDLE_WAIT
+        return max(0.0, min(IDLE_WAIT, due - now))
+
+    def _run(self, version: Version, watch: WatchConfig) -> None:
+        bound = log.bind(
+            watch=watch.name, task_id=version.task_id, path=version.path, id=version.id
+        )
+        try:
+            self._upload(version, watch, bound)
+        except Exception:
+            bound.exception("upload.crashed")
+            try:
+                self._ledger.release(version.id, "internal error before the upload")
+            except Exception:
+                bound.exception("ledger.release_failed")
+        finally:
+            with self._cond:
+                self._busy.pop(version.task_id, None)
+                self._woken = True
+                self._cond.notify_all()
+
+    # --- one upload -----------------------------------------------------
+
+    def _upload(self, version: Version, watch: WatchConfig, bound: Any) -> None:
+        path = Path(version.path)
+        if not self._still_same(version, path, bound):
+            return
+
+        sha: str | None = None
+        if watch.dedupe and self._ledger.needs_prehash(version):
+            sha = sha256_file(path)
+            duplicate = self._ledger.duplicate_of(version, sha)
+            if duplicate is not None:
+                self._ledger.mark_skipped(version.id, duplicate=duplicate, sha256=sha)
+                bound.info("upload.skipped", duplicate_of=duplicate.id)
+                self.finish_dispositions()
+                return
+
+        hasher = hashlib.sha256() if sha is None else None
+        progress = ProgressLog(
+            path=version.path,
+            size=version.size,
+            interval=self._config.daemon.progress_interval,
+            watch=watch.name,
+            task_id=version.task_id,
+        )
+        outcome = self._client.upload(
+            path,
+            task_id=version.task_id,
+            mode=version.mode,
+            api_key=watch.api_key,
+            size=version.size,
+            json_raw=watch.json_upload == "raw",
+            hasher=hasher,
+            progress=progress,
+            cancel=self._cancel,
+            on_body_sent=lambda: self._ledger.mark_body_sent(version.id),
+        )
+        if hasher is not None and outcome.body_complete:
+            sha = hasher.hexdigest()
+        doubt = None
+        if outcome.kind == "success" and self._changed(version, path):
+            doubt = "the file changed while it was being sent"
+        finished = self._ledger.finish(
+            version.id,
+            kind=outcome.kind,
+            status=outcome.status,
+            rows=outcome.rows,
+            retry_after=outcome.retry_after,
+            body_complete=outcome.body_complete,
+            bytes_sent=outcome.bytes_sent,
+            error=outcome.error,
+            sha256=sha,
+            doubt=doubt,
+        )
+        self._report(finished, watch, outcome, bound)
+        self.finish_dispositions()
+
+    def _report(
+        self, version: Version, watch: WatchConfig, outcome: Outcome, bound: Any
+    ) -> None:
+        if version.state == "blocked":
+            bound.error(
+                "watch.blocked",
+                status=outcome.status,
+                error=outcome.error,
+                action="check the watch's key and task id, then reload",
+            )
+        elif version.state == "in_doubt":
+            bound.error(
+                "upload.in_doubt",
+                note=version.note,
+                action=f"check the hub's table, then: hubwatchd retry {version.id}"
+                f" or hubwatchd forget {version.id}",
+            )
+        elif version.state == "retry_wait":
+            bound.warning(
+                "upload.retrying",
+                error=outcome.error,
+                attempts=version.attempts,
+                next_attempt_at=version.next_attempt_at,
+            )
+
+    def _still_same(self, version: Version, path: Path, bound: Any) -> bool:
+        """The file is still the version that was queued; else record why not."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            self._ledger.mark_failed(version.id, "the file disappeared before upload")
+            bound.warning("upload.vanished")
+            return False
+        same = (st.st_size, st.st_mtime_ns, st.st_ino) == (
+            version.size,
+            version.mtime_ns,
+            version.inode,
+        )
+        if not same:
+            # Its newer version gets its own row once it settles.
+            self._ledger.mark_superseded(version.id, "the file changed before upload")
+            bound.info("upload.stale")
+        return same
+
+    def _changed(self, version: Version, path: Path) -> bool:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False  # gone after a complete send: what was sent stands
+        now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        return now != (version.size, version.mtime_ns, version.ctime_ns, version.inode)
+
+    # --- after the ledger has spoken ------------------------------------
+
+    def finish_dispositions(self) -> None:
+        """Carry out every pending after-action: archive, delete, keep, or the
+        failed folder. A move that fails stays pending and is tried again."""
+        if not self._touch_files:
+            return
+        # One mover at a time: two threads must never move the same file.
+        with self._moves:
+            now = time.monotonic()
+            for version in self._ledger.pending_dispositions():
+                watch = self._watches.get(version.watch)
+                if watch is None or self._move_failed.get(version.id, 0.0) > now:
+                    continue
+                if not self._dispose(watch, version):
+                    self._move_failed[version.id] = now + MOVE_RETRY
+                else:
+                    self._move_failed.pop(version.id, None)
+
+    def _dispose(self, watch: WatchConfig, version: Version) -> bool:
+        """The after-action for one version; False when the move failed."""
+        path = Path(version.path)
+        try:
+            if version.state == "failed":
+                reason = version.last_error or "refused"
+                target = files.move_to_failed(watch, path, reason)
+                self._ledger.set_disposition(version.id, "failed_folder", target)
+                log.error(
+                    "file.failed",
+                    watch=watch.name,
+                    path=version.path,
+                    reason=reason,
+                    moved_to=str(target),
+                )
+            elif watch.after_success == "archive":
+                target = files.archive(watch, path)
+                self._ledger.set_disposition(version.id, "archived", target)
+            elif watch.after_success == "delete":
+                files.delete(watch, path)
+                self._ledger.set_disposition(version.id, "deleted")
+            else:
+                self._ledger.set_disposition(version.id, "kept")
+        except FileNotFoundError:
+            self._ledger.set_disposition(version.id, "gone")
+        except OSError as exc:
+            log.error(
+                "file.move_failed",
+                watch=watch.name,
+                path=version.path,
+                error=exc.strerror or str(exc),
+                action="free space or fix permissions; the move is tried again",
+            )
+            return False
+        return True
