@@ -16,38 +16,30 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 from conftest import DevhubProcess
 from hubdata import SALES_KEY, SALES_TABLE, SALES_TASK
+from servicekit import POLL, DaemonProcess, daemon_config, wait_for
 from sshd_fixture import RunningSftp, SftpServer, quote, sshd_server  # noqa: F401  ("sshd")
 
-from hubwatchd.ledger import Ledger, Version
+from hubwatchd.ledger import Version
 
 pytestmark = pytest.mark.sshd
 
 MiB = 1024 * 1024
+WATCH = "sftp"
 SETTLE = 1.0  # the watch's quiet period, seconds
 # sftp -l caps the client at this many Kbit/s: 80 000 Kbit/s is 10 MB/s, so
 # BIG (64 MiB) takes ~7 s on the wire, several times SETTLE.
 RATE_KBIT = 80_000
 BIG = 64 * MiB
 MEDIUM = 32 * MiB
-START_SECONDS = 30.0
-STOP_SECONDS = 30.0
-# Deadline for any one thing the daemon or devhub should do; generous, as
-# devhub parses and stores tens of MiB of CSV before it answers.
-DEADLINE = 120.0
-POLL = 0.05  # poll interval while waiting on a deadline
 
 
 def make_csv(path: Path, size: int) -> tuple[str, int]:
@@ -73,86 +65,9 @@ def make_csv(path: Path, size: int) -> tuple[str, int]:
     return digest.hexdigest(), rows
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while chunk := source.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    """Poll `check` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(POLL)
-
-
 def devhub_time(entry: dict[str, Any]) -> float:
     """A devhub request's arrival, as a Unix time."""
     return datetime.datetime.fromisoformat(entry["time"]).timestamp()
-
-
-class DaemonProcess:
-    """`python -m hubwatchd run -c CONFIG` with JSON log lines in a file."""
-
-    def __init__(self, config: Path, state_dir: Path, log_path: Path) -> None:
-        self.config = config
-        self.state_dir = state_dir
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hubwatchd", "run", "-c", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        """The daemon's JSON log lines so far (those named `name`, if given)."""
-        found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # not a log line (a traceback), or one still being written
-            if isinstance(event, dict) and name in (None, event.get("event")):
-                found.append(event)
-        return found
-
-    def wait_event(self, name: str, timeout: float = DEADLINE) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the daemon exited {self.proc.returncode}:\n{self.log()}")
-            events = self.events(name)
-            return events[0] if events else None
-
-        return wait_for(f"the daemon's {name}", check, timeout)
-
-    def versions(self, path: Path) -> list[Version]:
-        """The ledger's rows for `path`, newest first (read while it runs)."""
-        ledger = Ledger.open(self.state_dir, create=False)
-        try:
-            return ledger.versions_at("sftp", path)
-        finally:
-            ledger.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_SECONDS)
 
 
 @pytest.fixture
@@ -171,29 +86,20 @@ def run_daemon(
     started: list[DaemonProcess] = []
 
     def start(**watch: Any) -> DaemonProcess:
-        state_dir = tmp_path / "state"
-        config = {
-            "hub": {"url": devhub.url},
-            "daemon": {"state_dir": str(state_dir), "log_format": "json"},
-            "retry": {"initial_delay": "100ms", "max_delay": "1s"},
-            "watch": [
-                {
-                    "name": "sftp",
-                    "path": str(drop),
-                    "task_id": SALES_TASK,
-                    "mode": "replace",
-                    "api_key": SALES_KEY,
-                    "settle": f"{SETTLE}s",
-                    **watch,
-                }
-            ],
-        }
-        path = tmp_path / "config.toml"
-        path.write_text(tomli_w.dumps(config))
-        path.chmod(0o600)  # an inline key is fine in a file only its owner reads
-        daemon = DaemonProcess(path, state_dir, tmp_path / "daemon.log")
+        config = daemon_config(tmp_path, devhub.url)
+        config["watch"] = [
+            {
+                "name": WATCH,
+                "path": str(drop),
+                "task_id": SALES_TASK,
+                "mode": "replace",
+                "api_key": SALES_KEY,
+                "settle": f"{SETTLE}s",
+                **watch,
+            }
+        ]
+        daemon = DaemonProcess(tmp_path, config)
         started.append(daemon)
-        daemon.wait_event("daemon.ready", START_SECONDS)
         return daemon
 
     yield start
@@ -211,10 +117,11 @@ def finished_upload(
     """devhub's one request for `remote`, once the daemon has uploaded and
     archived the file: from then on no other version of it can appear, so
     a count taken now is final."""
-    wait_for(
-        f"{remote.name} uploaded and archived",
-        lambda: any(v.disposition == "archived" for v in daemon.versions(remote)),
-    )
+
+    def archived() -> bool:
+        return any(v.disposition == "archived" for v in daemon.versions(WATCH, remote))
+
+    wait_for(f"{remote.name} uploaded and archived", archived)
     assert not remote.exists()
     entries = uploads_of(devhub, remote.name)
     assert len(entries) == 1, entries
@@ -297,7 +204,7 @@ def test_upload_under_a_temp_name_goes_out_once_after_the_rename(
     assert devhub.tables()[SALES_TABLE] == rows
     # The rename is the file's last change, so its ctime is when the final
     # name appeared; the upload came after that.
-    (version,) = daemon.versions(remote)
+    (version,) = daemon.versions(WATCH, remote)
     assert version.state == "done"
     assert version.started_at is not None
     assert version.started_at > version.ctime_ns / 1e9
@@ -339,7 +246,7 @@ def test_cut_off_upload_without_its_marker_is_never_sent(
     def held() -> Version | None:
         if daemon.events("file.ready"):
             pytest.fail(f"the cut-off file was judged ready:\n{daemon.log()}")
-        versions = daemon.versions(remote)
+        versions = daemon.versions(WATCH, remote)
         return next((v for v in versions if v.note == "waiting for big.csv.done"), None)
 
     version = wait_for("the daemon to hold the cut-off file", held)
@@ -355,7 +262,7 @@ def test_cut_off_upload_without_its_marker_is_never_sent(
         assert devhub.requests() == []
         assert daemon.events("file.ready") == []
         time.sleep(POLL)
-    assert [v.state for v in daemon.versions(remote)] == ["detected"]
+    assert [v.state for v in daemon.versions(WATCH, remote)] == ["detected"]
 
     # The partner sends it again, whole, then the marker: one upload.
     sshd.upload(source, remote)
