@@ -28,10 +28,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -49,10 +51,8 @@ class SftpServer:
     known_hosts: Path
     log: Path
 
-    def sftp(
-        self, commands: list[str], *, limit_kbit: int | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """Run `commands` as one `sftp -b` batch; any failing command fails it.
+    def sftp_args(self, *, limit_kbit: int | None = None) -> list[str]:
+        """The `sftp -b -` command line for this server (commands on stdin).
 
         `limit_kbit` is sftp's `-l`: a bandwidth cap in Kbit/s, for uploads
         slow enough that a watcher sees the file while it grows.
@@ -82,14 +82,46 @@ class SftpServer:
         if limit_kbit is not None:
             args += ["-l", str(limit_kbit)]
         args.append(f"{self.user}@{self.host}")
+        return args
+
+    def sftp(
+        self, commands: list[str], *, limit_kbit: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `commands` as one `sftp -b` batch; any failing command fails it."""
         return subprocess.run(
-            args,
-            input="".join(command + "\n" for command in commands),
+            self.sftp_args(limit_kbit=limit_kbit),
+            input=batch(commands),
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
+
+    @contextlib.contextmanager
+    def sftp_running(
+        self, commands: list[str], *, limit_kbit: int | None = None
+    ) -> Iterator[RunningSftp]:
+        """An `sftp -b` batch running in the background, for a test to watch
+        or cut off; killed on leaving the block if it still runs."""
+        with (
+            tempfile.TemporaryFile("w+") as script,
+            tempfile.TemporaryFile("w+") as output,
+        ):
+            script.write(batch(commands))
+            script.seek(0)
+            process = subprocess.Popen(
+                self.sftp_args(limit_kbit=limit_kbit),
+                stdin=script,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                yield RunningSftp(process, output, self)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                process.wait(timeout=30)
 
     def upload(
         self,
@@ -104,12 +136,12 @@ class SftpServer:
         Raises AssertionError with sftp's output when the batch fails.
         """
         if temp_name is None:
-            commands = [f"put {_quote(local)} {_quote(remote)}"]
+            commands = [f"put {quote(local)} {quote(remote)}"]
         else:
             temp = remote.with_name(temp_name)
             commands = [
-                f"put {_quote(local)} {_quote(temp)}",
-                f"rename {_quote(temp)} {_quote(remote)}",
+                f"put {quote(local)} {quote(temp)}",
+                f"rename {quote(temp)} {quote(remote)}",
             ]
         result = self.sftp(commands, limit_kbit=limit_kbit)
         if result.returncode != 0:
@@ -123,7 +155,34 @@ class SftpServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _quote(path: Path) -> str:
+@dataclass
+class RunningSftp:
+    """An sftp client started by `SftpServer.sftp_running`."""
+
+    process: subprocess.Popen[str]
+    _output: IO[str]
+    _server: SftpServer
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """Cut the transfer off as a broken connection would: SIGKILL, reaped."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def output(self) -> str:
+        """What sftp printed so far, and the tail of sshd's log."""
+        self._output.seek(0)
+        return f"{self._output.read()}\nsshd log:\n{self._server.log_tail()}"
+
+
+def batch(commands: list[str]) -> str:
+    """`commands` as the text of an sftp batch file."""
+    return "".join(command + "\n" for command in commands)
+
+
+def quote(path: Path) -> str:
     text = str(path)
     if '"' in text or "\n" in text:
         raise ValueError(f"sftp batch paths cannot hold quotes or newlines: {text!r}")
