@@ -1,0 +1,152 @@
+"""The daemon end to end: `hubwatchd run` as a subprocess, devhub as another,
+real drop folders. What the operator sees is what is checked: devhub's tables
+and request log, the ledger, the folders, the JSON log."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemonkit import (
+    DaemonKit,
+    csv_rows,
+    daemon_config,
+    drop,
+    files_under,
+    watch_entry,
+)
+from hubdata import (
+    CATALOG_KEY,
+    CATALOG_TABLE,
+    CATALOG_TASK,
+    INVENTORY_KEY,
+    INVENTORY_TABLE,
+    INVENTORY_TASK,
+    ORDERS_KEY,
+    ORDERS_TABLE,
+    ORDERS_TASK,
+    SALES_KEY,
+    SALES_TABLE,
+    SALES_TASK,
+)
+
+# Closed states: nothing more will happen to these versions on their own.
+SETTLED = {"done", "skipped", "superseded", "failed", "in_doubt", "forgotten"}
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[DaemonKit]:
+    with DaemonKit(tmp_path / "run") as kit:
+        yield kit
+
+
+def archived_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in files_under(folder / ".hubwatchd-archive"))
+
+
+def drop_names(folder: Path) -> list[str]:
+    """What is left in a drop folder itself (not archive or failed folders)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def test_a_dropped_file_is_uploaded_once_and_archived(devhub, kit, tmp_path):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    daemon = kit.start(daemon_config(devhub.url, tmp_path, [orders]))
+    folder = Path(orders["path"])
+
+    drop(folder, "o1.csv", csv_rows("o1", 3))
+    daemon.wait_for(lambda: daemon.states() == {"o1.csv": "done"}, what="o1 done")
+    daemon.wait_for(lambda: archived_names(folder) == ["o1.csv"], what="archived")
+
+    assert drop_names(folder) == []
+    assert len(devhub.rows(ORDERS_TABLE)) == 3
+    assert [r["status"] for r in devhub.requests()] == [200]
+    assert daemon.event("upload.succeeded", path=str(folder / "o1.csv"))
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    assert daemon.event("daemon.stopped")
+
+
+# --- 1,000 files over four tasks ---------------------------------------------
+
+FILES_PER_WATCH = 250
+# Append files whose content repeats an earlier file's: skipped, not sent.
+DUPLICATES = {100: 10, 200: 20}  # index -> the index whose content it repeats
+
+
+def ok_requests(devhub, task_id: str) -> list[dict]:
+    """devhub's successful requests for `task_id`, in arrival order."""
+    return [r for r in devhub.requests() if r["task"] == task_id and r["status"] == 200]
+
+
+def test_a_thousand_files_over_four_tasks_land_once_in_order(devhub, kit, tmp_path):
+    append = {
+        "orders": (ORDERS_TASK, ORDERS_KEY, ORDERS_TABLE),
+        "inventory": (INVENTORY_TASK, INVENTORY_KEY, INVENTORY_TABLE),
+    }
+    replace = {
+        "sales": (SALES_TASK, SALES_KEY, SALES_TABLE),
+        "catalog": (CATALOG_TASK, CATALOG_KEY, CATALOG_TABLE),
+    }
+    watches = [
+        watch_entry(tmp_path, name, task, key, mode)
+        for mode, group in (("append", append), ("replace", replace))
+        for name, (task, key, _table) in group.items()
+    ]
+    folders = {w["name"]: Path(w["path"]) for w in watches}
+    # The hub refuses the replace tasks until the whole backlog is queued.
+    for task, _key, _table in replace.values():
+        devhub.set_fault("status", task=task, status=503, count=0)
+    daemon = kit.start(daemon_config(devhub.url, tmp_path, watches))
+
+    contents: dict[str, dict[str, str]] = {name: {} for name in folders}
+    for index in range(FILES_PER_WATCH):
+        for name, folder in folders.items():
+            source = DUPLICATES.get(index, index) if name in append else index
+            text = csv_rows(f"{name}-{source}", rows=1 + source % 3)
+            contents[name][f"{name}-{index:04d}.csv"] = text
+            drop(folder, f"{name}-{index:04d}.csv", text)
+
+    def replace_backlog_queued() -> bool:
+        return all(len(daemon.versions(name)) == FILES_PER_WATCH for name in replace)
+
+    daemon.wait_for(replace_backlog_queued, 60, "the replace backlog", 0.2)
+    devhub.clear_faults()
+
+    def all_archived() -> bool:
+        versions = daemon.versions()
+        return (
+            len(versions) == len(folders) * FILES_PER_WATCH
+            and all(v.state in SETTLED for v in versions)
+            and all(v.disposition == "archived" for v in versions)
+        )
+
+    daemon.wait_for(all_archived, 90, "every file done and archived", 0.2)
+
+    for name, (task, _key, table) in append.items():
+        versions = daemon.versions(name)
+        done = [Path(v.path).name for v in versions if v.state == "done"]
+        skipped = {Path(v.path).name for v in versions if v.state == "skipped"}
+        assert skipped == {f"{name}-{i:04d}.csv" for i in DUPLICATES}
+        assert len(done) == FILES_PER_WATCH - len(DUPLICATES)
+        sent = ok_requests(devhub, task)
+        # Once each, in the order the ledger made them ready.
+        assert [r["filename"] for r in sent] == done
+        assert len({r["sha256"] for r in sent}) == len(sent)
+        expected = sum(contents[name][f].count("\n") - 1 for f in done)
+        assert len(devhub.rows(table)) == expected
+
+    for name, (task, _key, table) in replace.items():
+        versions = daemon.versions(name)
+        newest = Path(versions[-1].path).name
+        assert [Path(v.path).name for v in versions if v.state == "done"] == [newest]
+        assert {v.state for v in versions[:-1]} == {"superseded"}
+        assert [r["filename"] for r in ok_requests(devhub, task)] == [newest]
+        assert len(devhub.rows(table)) == contents[name][newest].count("\n") - 1
+
+    for name, folder in folders.items():
+        assert drop_names(folder) == []
+        assert archived_names(folder) == sorted(contents[name])
