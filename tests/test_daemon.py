@@ -150,3 +150,62 @@ def test_a_thousand_files_over_four_tasks_land_once_in_order(devhub, kit, tmp_pa
     for name, folder in folders.items():
         assert drop_names(folder) == []
         assert archived_names(folder) == sorted(contents[name])
+
+
+# --- stopping -----------------------------------------------------------------
+
+
+def in_flight(daemon, name: str):
+    """The named file's version, once devhub holds its whole body (its
+    request is logged with a byte count) and the ledger has it uploading."""
+    versions = [v for v in daemon.versions() if Path(v.path).name == name]
+    return versions and versions[-1].state == "uploading"
+
+
+def test_sigterm_lets_uploads_in_flight_finish(devhub, kit, tmp_path):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    daemon = kit.start(daemon_config(devhub.url, tmp_path, [orders]))
+    devhub.set_fault("delay", seconds=2)
+
+    drop(Path(orders["path"]), "slow.csv", csv_rows("slow"))
+    daemon.wait_for(lambda: in_flight(daemon, "slow.csv"), what="upload in flight")
+    daemon.wait_for(lambda: devhub.requests(), what="the request at the hub")
+    daemon.signal(signal.SIGTERM)
+
+    assert daemon.wait_exit() == 0
+    assert daemon.event("daemon.stopped")
+    assert not daemon.event("dispatch.cancelling")
+    assert daemon.states() == {"slow.csv": "done"}
+    assert len(devhub.rows(ORDERS_TABLE)) == 2
+
+
+def test_sigterm_does_not_wait_for_a_hub_that_never_answers(devhub, kit, tmp_path):
+    # The answer timeout is 30 minutes; the grace is one second. The upload
+    # is abandoned, and the next start holds it in doubt (its body was sent).
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    sales = watch_entry(tmp_path, "sales", SALES_TASK, SALES_KEY, "replace")
+    config = daemon_config(devhub.url, tmp_path, [orders, sales], shutdown_grace="1s")
+    config["hub"]["answer_timeout"] = "30m"
+    daemon = kit.start(config)
+    devhub.set_fault("hang", count=0)
+
+    drop(Path(orders["path"]), "o.csv", csv_rows("o"))
+    drop(Path(sales["path"]), "s.csv", csv_rows("s"))
+    daemon.wait_for(
+        lambda: in_flight(daemon, "o.csv") and in_flight(daemon, "s.csv"),
+        what="both uploads in flight",
+    )
+    daemon.wait_for(lambda: len(devhub.requests()) == 2, what="both at the hub")
+    daemon.signal(signal.SIGTERM)
+
+    assert daemon.wait_exit(20) == 0
+    assert daemon.event("daemon.stopped")
+    assert daemon.event("dispatch.cancelling")
+
+    devhub.clear_faults()
+    again = kit.start(daemon.config)
+    again.wait_for(
+        lambda: again.states() == {"o.csv": "in_doubt", "s.csv": "done"},
+        what="the append in doubt, the replace sent again",
+    )
+    assert len(devhub.rows(SALES_TABLE)) == 2
