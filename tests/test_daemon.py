@@ -4,7 +4,10 @@ and request log, the ledger, the folders, the JSON log."""
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from daemonkit import (
     drop,
     files_under,
     watch_entry,
+    write_key,
 )
 from hubdata import (
     CATALOG_KEY,
@@ -30,6 +34,7 @@ from hubdata import (
     SALES_KEY,
     SALES_TABLE,
     SALES_TASK,
+    WRONG_KEY,
 )
 
 # Closed states: nothing more will happen to these versions on their own.
@@ -209,3 +214,118 @@ def test_sigterm_does_not_wait_for_a_hub_that_never_answers(devhub, kit, tmp_pat
         what="the append in doubt, the replace sent again",
     )
     assert len(devhub.rows(SALES_TABLE)) == 2
+
+
+# --- hub faults ---------------------------------------------------------------
+
+
+def big_csv(tag: str, rows: int) -> str:
+    """About `rows` KiB of CSV: long enough that a cut lands mid-body."""
+    filler = "x" * 1000
+    return "tag,n,value\n" + "".join(f"{tag},{n},{filler}\n" for n in range(rows))
+
+
+def test_hub_faults_delay_but_never_lose_or_repeat_an_upload(devhub, kit, tmp_path):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    sales = watch_entry(tmp_path, "sales", SALES_TASK, SALES_KEY, "replace")
+    # Each task's head of line meets every fault in turn; the append task's
+    # first file is 8 MiB so that the cut lands mid-body (a cut after the
+    # whole body was sent would rightly leave it in doubt).
+    devhub.set_fault("cut", task=ORDERS_TASK, after_bytes=1000)
+    devhub.set_fault("status", task=ORDERS_TASK, status=500)
+    devhub.set_fault("status", task=ORDERS_TASK, status=429, retry_after=1)
+    devhub.set_fault("status", task=ORDERS_TASK, status=503, count=2)
+    devhub.set_fault("cut", task=SALES_TASK, after_bytes=10)
+    devhub.set_fault("status", task=SALES_TASK, status=502)
+    devhub.set_fault(
+        "status", task=SALES_TASK, status=429, retry_after=1,
+        retry_after_format="http-date",
+    )  # fmt: skip
+    daemon = kit.start(daemon_config(devhub.url, tmp_path, [orders, sales]))
+
+    texts = {"o-00.csv": big_csv("o-00", 8192)}
+    texts |= {f"o-{i:02d}.csv": csv_rows(f"o-{i}", 1 + i % 4) for i in range(1, 12)}
+    for name, text in texts.items():
+        drop(Path(orders["path"]), name, text)
+    for i in range(3):
+        drop(Path(sales["path"]), f"s-{i}.csv", csv_rows(f"s-{i}", 2 + i))
+
+    def all_done() -> bool:
+        states = daemon.states()
+        return len(states) == 15 and set(states.values()) <= {"done", "superseded"}
+
+    daemon.wait_for(all_done, 60, "every file delivered", 0.1)
+
+    requests = devhub.requests()
+    assert {r["fault"] for r in requests} >= {"cut", "status"}
+    assert {r["status"] for r in requests} >= {None, 429, 500, 502, 503, 200}
+    appended = [
+        r["sha256"] for r in requests if r["task"] == ORDERS_TASK and r["status"] == 200
+    ]
+    assert len(appended) == len(set(appended)) == len(texts)
+    expected = sum(text.count("\n") - 1 for text in texts.values())
+    assert len(devhub.rows(ORDERS_TABLE)) == expected
+    assert daemon.states("orders") == dict.fromkeys(texts, "done")
+    assert daemon.states("sales")["s-2.csv"] == "done"
+    assert len(devhub.rows(SALES_TABLE)) == 4
+    assert daemon.events("upload.retrying")
+
+
+def hubwatchd_status(daemon) -> dict[str, dict]:
+    """`hubwatchd status --json`, by watch, as an operator would run it."""
+    command = [sys.executable, "-m", "hubwatchd", "status", "--json"]
+    result = subprocess.run(
+        [*command, "-c", str(daemon.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return {row["watch"]: row for row in json.loads(result.stdout)}
+
+
+def test_a_refused_key_blocks_the_watch_until_a_reload_fixes_it(devhub, kit, tmp_path):
+    # orders: a key devhub does not know (401), fixed in the key file.
+    # inventory: a real key for another table (403), fixed by its path.
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, WRONG_KEY, "append")
+    inventory = watch_entry(tmp_path, "inventory", INVENTORY_TASK, ORDERS_KEY, "append")
+    config = daemon_config(devhub.url, tmp_path, [orders, inventory])
+    daemon = kit.start(config)
+    for i in range(3):
+        drop(Path(orders["path"]), f"o-{i}.csv", csv_rows(f"o-{i}"))
+        drop(Path(inventory["path"]), f"i-{i}.csv", csv_rows(f"i-{i}"))
+
+    daemon.wait_for(
+        lambda: (
+            daemon.event("watch.blocked", watch="orders")
+            and daemon.event("watch.blocked", watch="inventory")
+        ),
+        what="both watches blocked",
+    )
+    daemon.wait_for(
+        lambda: len(daemon.states()) == 6, what="every file queued behind the block"
+    )
+    status = hubwatchd_status(daemon)
+    assert status["orders"]["blocked_reason"].startswith("HTTP 401")
+    assert status["inventory"]["blocked_reason"].startswith("HTTP 403")
+    assert set(daemon.states().values()) <= {"blocked", "ready"}
+    assert devhub.rows(ORDERS_TABLE) == devhub.rows(INVENTORY_TABLE) == []
+    assert len(list(Path(orders["path"]).glob("*.csv"))) == 3
+
+    write_key(tmp_path, "orders", ORDERS_KEY)
+    fixed = dict(config)
+    fixed["watch"] = [
+        orders,
+        inventory | {"api_key_file": str(write_key(tmp_path, "inv", INVENTORY_KEY))},
+    ]
+    daemon.reload(fixed)
+
+    daemon.wait_for(
+        lambda: set(daemon.states().values()) == {"done"}, what="all delivered"
+    )
+    assert daemon.event("config.reloaded")
+    assert len(daemon.events("watch.unblocked")) == 2
+    assert len(devhub.rows(ORDERS_TABLE)) == len(devhub.rows(INVENTORY_TABLE)) == 6
+    status = hubwatchd_status(daemon)
+    assert not status["orders"]["blocked_reason"]
+    assert not status["inventory"]["blocked_reason"]
