@@ -4,6 +4,7 @@ and request log, the ledger, the folders, the JSON log."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -329,3 +330,73 @@ def test_a_refused_key_blocks_the_watch_until_a_reload_fixes_it(devhub, kit, tmp
     status = hubwatchd_status(daemon)
     assert not status["orders"]["blocked_reason"]
     assert not status["inventory"]["blocked_reason"]
+
+
+# --- crashes ------------------------------------------------------------------
+
+
+def sent_in_full(daemon, watch: str):
+    """A version of `watch` uploading whose whole body the ledger says was
+    sent (so a crash now must leave it in doubt), or None."""
+    with daemon.ledger() as ledger:
+        for version in ledger._versions("watch = ? AND state = 'uploading'", [watch]):
+            if any(a.body_complete for a in ledger.attempts(version.id)):
+                return version
+    return None
+
+
+def test_sigkill_mid_backlog_loses_nothing_and_repeats_nothing_silently(
+    devhub, kit, tmp_path
+):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    sales = watch_entry(tmp_path, "sales", SALES_TASK, SALES_KEY, "replace")
+    config = daemon_config(devhub.url, tmp_path, [orders, sales])
+    daemon = kit.start(config)
+    # Each answer comes a second after devhub has stored the rows.
+    devhub.set_fault("delay", seconds=1, count=0)
+    texts = {f"o-{i}.csv": csv_rows(f"o-{i}", 1 + i) for i in range(6)}
+    for name, text in texts.items():
+        drop(Path(orders["path"]), name, text)
+    for i in range(3):
+        drop(Path(sales["path"]), f"s-{i}.csv", csv_rows(f"s-{i}", 2 + i))
+
+    def mid_backlog():
+        states = daemon.states("orders")
+        return (
+            "done" in states.values()
+            and "ready" in states.values()
+            and sent_in_full(daemon, "orders")
+        )
+
+    daemon.wait_for(mid_backlog, what="an append sent in full, waiting its answer")
+    daemon.kill()
+    devhub.clear_faults()
+
+    again = kit.start(config)
+    assert again.event("ledger.recovered")
+
+    def settled():
+        states = again.states()
+        return len(states) == 9 and set(states.values()) <= SETTLED
+
+    again.wait_for(settled, what="every version settled after the restart")
+
+    orders_states = again.states("orders")
+    assert set(orders_states.values()) <= {"done", "in_doubt"}
+    in_doubt = {name for name, state in orders_states.items() if state == "in_doubt"}
+    assert in_doubt, "the append killed after its body was sent is held in doubt"
+    # Nothing lost: every append file's content reached the table at least
+    # once; anything appended twice is one the ledger holds in doubt.
+    name_of = {hashlib.sha256(t.encode()).hexdigest(): n for n, t in texts.items()}
+    appended = [
+        name_of[r["sha256"]]
+        for r in devhub.requests()
+        if r["task"] == ORDERS_TASK and r["status"] == 200
+    ]
+    assert set(appended) == set(texts)
+    assert {name for name in appended if appended.count(name) > 1} <= in_doubt
+    expected = sum(appended.count(n) * (t.count("\n") - 1) for n, t in texts.items())
+    assert len(devhub.rows(ORDERS_TABLE)) == expected
+    # The replace task ends with the newest file, whatever was cut short.
+    assert again.states("sales")["s-2.csv"] == "done"
+    assert len(devhub.rows(SALES_TABLE)) == 4
