@@ -145,13 +145,24 @@ class Daemon:
         if not self.dry_run:
             return real
         self._scratch = Path(tempfile.mkdtemp(prefix="hubwatchd-dry-run-"))
-        if (real / DB_NAME).exists():
-            source = sqlite3.connect(f"file:{real / DB_NAME}?mode=ro", uri=True)
-            target = sqlite3.connect(self._scratch / DB_NAME)
-            with source, target:
-                source.backup(target)
-            source.close()
-            target.close()
+        ledger = real / DB_NAME
+        if not ledger.exists():
+            return self._scratch
+        if not Path(f"{ledger}-wal").exists():
+            # Nobody has it open. Opened by SQLite, even read-only, it would
+            # leave -wal and -shm files beside it, owned by whoever runs the
+            # dry run (root, often): the service could then not open its own
+            # ledger. A byte copy creates nothing there.
+            shutil.copyfile(ledger, self._scratch / DB_NAME)
+            return self._scratch
+        # A daemon has it open (or crashed): its -wal and -shm are there
+        # already, and SQLite's backup reads a consistent snapshot.
+        source = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        target = sqlite3.connect(self._scratch / DB_NAME)
+        with source, target:
+            source.backup(target)
+        source.close()
+        target.close()
         return self._scratch
 
     # --- serve ----------------------------------------------------------

@@ -73,7 +73,7 @@ class DaemonProcess:
         config: dict[str, Any],
         *,
         args: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
     ) -> None:
         self.workdir = workdir
         self.config = config
@@ -87,13 +87,13 @@ class DaemonProcess:
             sys.executable, "-m", "hubwatchd", "run",
             "-c", str(self.config_path), *args,
         ]  # fmt: skip
+        environ = {**os.environ, **(env or {})}
+        environ = {k: v for k, v in environ.items() if v is not None}
         with (
             self.stdout_path.open("ab") as out,
             self.stderr_path.open("ab") as err,
         ):
-            self.proc = subprocess.Popen(
-                command, stdout=out, stderr=err, env={**os.environ, **(env or {})}
-            )
+            self.proc = subprocess.Popen(command, stdout=out, stderr=err, env=environ)
         self.pid = self.proc.pid
 
     # --- lifecycle ------------------------------------------------------
@@ -231,11 +231,12 @@ class DaemonKit:
         config: dict[str, Any],
         *,
         args: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
         ready: bool = True,
     ) -> DaemonProcess:
         """Start `hubwatchd run` with `config`; wait for daemon.ready unless
-        `ready` is false."""
+        `ready` is false. `env` adds to this process's environment (a None
+        value removes a variable)."""
         workdir = self.workdir / f"daemon-{len(self.started)}"
         workdir.mkdir(parents=True, exist_ok=True)
         daemon = DaemonProcess(workdir, config, args=args, env=env)

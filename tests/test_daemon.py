@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -400,3 +403,167 @@ def test_sigkill_mid_backlog_loses_nothing_and_repeats_nothing_silently(
     # The replace task ends with the newest file, whatever was cut short.
     assert again.states("sales")["s-2.csv"] == "done"
     assert len(devhub.rows(SALES_TABLE)) == 4
+
+
+# --- reload -------------------------------------------------------------------
+
+
+def test_sighup_adds_and_removes_watches_and_survives_a_bad_config(
+    devhub, kit, tmp_path
+):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    sales = watch_entry(tmp_path, "sales", SALES_TASK, SALES_KEY, "replace")
+    inventory = watch_entry(
+        tmp_path, "inventory", INVENTORY_TASK, INVENTORY_KEY, "append"
+    )
+    config = daemon_config(devhub.url, tmp_path, [orders, sales])
+    daemon = kit.start(config)
+
+    daemon.reload(config | {"watch": [orders, inventory]})
+    daemon.wait_for(lambda: daemon.event("config.reloaded"), what="the reload")
+    reloaded = daemon.event("config.reloaded")
+    assert (reloaded["added"], reloaded["removed"]) == (["inventory"], ["sales"])
+
+    drop(Path(sales["path"]), "s-late.csv", csv_rows("s-late"))
+    drop(Path(inventory["path"]), "i.csv", csv_rows("i"))
+    drop(Path(orders["path"]), "o.csv", csv_rows("o"))
+    daemon.wait_for(
+        lambda: daemon.states() == {"i.csv": "done", "o.csv": "done"},
+        what="the added watch and the kept one delivered",
+    )
+    assert "s-late.csv" not in {r["filename"] for r in devhub.requests()}
+    assert (Path(sales["path"]) / "s-late.csv").exists()
+
+    # A broken config is refused whole; the running one stays in force.
+    broken = config | {"watch": [orders | {"task_id": "not-a-guid"}, inventory]}
+    daemon.reload(broken)
+    daemon.wait_for(
+        lambda: daemon.event("config.reload_failed"), what="the refused reload"
+    )
+    drop(Path(orders["path"]), "o2.csv", csv_rows("o2"))
+    drop(Path(inventory["path"]), "i2.csv", csv_rows("i2"))
+    daemon.wait_for(
+        lambda: {"o2.csv": "done", "i2.csv": "done"}.items() <= daemon.states().items(),
+        what="the old watches still delivering",
+    )
+    assert len(daemon.events("config.reloaded")) == 1
+    assert daemon.proc.poll() is None
+
+
+# --- systemd ------------------------------------------------------------------
+
+
+class NotifySocket:
+    """An AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self) -> None:
+        # sun_path holds 108 bytes: a short folder, not tmp_path.
+        self.folder = Path(tempfile.mkdtemp(prefix="hw-", dir="/tmp"))
+        self.path = self.folder / "notify"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def received(self) -> list[str]:
+        """Every field received so far ("READY=1", "STATUS=..."), in order."""
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return list(self.messages)
+            self.messages += data.decode().split("\n")
+
+    def close(self) -> None:
+        self.sock.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    sock = NotifySocket()
+    yield sock
+    sock.close()
+
+
+def test_systemd_hears_ready_status_watchdog_reloading_and_stopping(
+    devhub, kit, tmp_path, notify_socket
+):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    drop(Path(orders["path"]), "early.csv", csv_rows("early"))
+    config = daemon_config(devhub.url, tmp_path, [orders])
+    env = {
+        "NOTIFY_SOCKET": str(notify_socket.path),
+        "WATCHDOG_USEC": "1000000",  # a ping every half second
+        "WATCHDOG_PID": None,  # the child's pid is not known before it starts
+    }
+    daemon = kit.start(config, env=env)
+
+    # READY=1 only once the start-up scan has run.
+    events = [line["event"] for line in daemon.logs()]
+    assert events.index("watch.rescanned") < events.index("daemon.ready")
+    assert "READY=1" in notify_socket.received()
+    daemon.wait_for(
+        lambda: notify_socket.received().count("WATCHDOG=1") >= 2,
+        what="watchdog pings",
+    )
+    status = [m for m in notify_socket.received() if m.startswith("STATUS=")]
+    assert status and status[0].startswith("STATUS=queued ")
+
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(lambda: daemon.event("config.reloaded"), what="the reload")
+    daemon.wait_for(
+        lambda: (
+            "READY=1"
+            in notify_socket.received()[notify_socket.received().index("RELOADING=1") :]
+            if "RELOADING=1" in notify_socket.received()
+            else False
+        ),
+        what="RELOADING=1, then READY=1",
+    )
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    assert "STOPPING=1" in notify_socket.received()
+    assert daemon.states() == {"early.csv": "done"}
+
+
+# --- dry run ------------------------------------------------------------------
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files_under(folder)
+    }
+
+
+def test_a_dry_run_logs_what_it_would_upload_and_touches_nothing(devhub, kit, tmp_path):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    folder = Path(orders["path"])
+    config = daemon_config(devhub.url, tmp_path, [orders])
+    real = kit.start(config)
+    drop(folder, "a.csv", csv_rows("a"))
+    real.wait_for(lambda: archived_names(folder) == ["a.csv"], what="a archived")
+    real.signal(signal.SIGTERM)
+    assert real.wait_exit() == 0
+    state_before = snapshot(real.state_dir)
+    devhub.clear_requests()
+
+    for name in ("b.csv", "c.csv"):
+        drop(folder, name, csv_rows(name))
+    dry = kit.start(config, args=("--dry-run",))
+    dry.wait_for(
+        lambda: (
+            {e["path"] for e in dry.events("dryrun.would_upload")}
+            == {str(folder / "b.csv"), str(folder / "c.csv")}
+        ),
+        what="both files reported",
+    )
+    dry.signal(signal.SIGTERM)
+    assert dry.wait_exit() == 0
+
+    assert devhub.requests() == []
+    assert drop_names(folder) == ["b.csv", "c.csv"]
+    assert archived_names(folder) == ["a.csv"]
+    assert snapshot(real.state_dir) == state_before
