@@ -512,15 +512,14 @@ def test_systemd_hears_ready_status_watchdog_reloading_and_stopping(
 
     daemon.signal(signal.SIGHUP)
     daemon.wait_for(lambda: daemon.event("config.reloaded"), what="the reload")
-    daemon.wait_for(
-        lambda: (
-            "READY=1"
-            in notify_socket.received()[notify_socket.received().index("RELOADING=1") :]
-            if "RELOADING=1" in notify_socket.received()
-            else False
-        ),
-        what="RELOADING=1, then READY=1",
-    )
+
+    def reloading_then_ready() -> bool:
+        fields = notify_socket.received()
+        if "RELOADING=1" not in fields:
+            return False
+        return "READY=1" in fields[fields.index("RELOADING=1") :]
+
+    daemon.wait_for(reloading_then_ready, what="RELOADING=1, then READY=1")
 
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
