@@ -6,6 +6,9 @@ the dispatcher, tell systemd READY. Serve: the main thread waits for signals
 and does the periodic chores (status line, watchdog pings, pruning). Stop:
 tell systemd STOPPING, stop the observers, give uploads in flight
 `shutdown_grace` to finish, cancel the rest by the ledger's rules, close.
+An upload still waiting for the hub's answer is abandoned, not waited for:
+the ledger then stays open until the process exits, and the next start's
+recovery decides that upload's fate.
 
 Signal handlers only record the signal; the main loop acts on it. A second
 SIGTERM or SIGINT exits at once: the ledger's recovery handles the rest.
@@ -142,13 +145,24 @@ class Daemon:
         if not self.dry_run:
             return real
         self._scratch = Path(tempfile.mkdtemp(prefix="hubwatchd-dry-run-"))
-        if (real / DB_NAME).exists():
-            source = sqlite3.connect(f"file:{real / DB_NAME}?mode=ro", uri=True)
-            target = sqlite3.connect(self._scratch / DB_NAME)
-            with source, target:
-                source.backup(target)
-            source.close()
-            target.close()
+        ledger = real / DB_NAME
+        if not ledger.exists():
+            return self._scratch
+        if not Path(f"{ledger}-wal").exists():
+            # Nobody has it open. Opened by SQLite, even read-only, it would
+            # leave -wal and -shm files beside it, owned by whoever runs the
+            # dry run (root, often): the service could then not open its own
+            # ledger. A byte copy creates nothing there.
+            shutil.copyfile(ledger, self._scratch / DB_NAME)
+            return self._scratch
+        # A daemon has it open (or crashed): its -wal and -shm are there
+        # already, and SQLite's backup reads a consistent snapshot.
+        source = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        target = sqlite3.connect(self._scratch / DB_NAME)
+        with source, target:
+            source.backup(target)
+        source.close()
+        target.close()
         return self._scratch
 
     # --- serve ----------------------------------------------------------
@@ -282,10 +296,26 @@ class Daemon:
             self._watcher.stop()
         if self._settler is not None:
             self._settler.stop()
+        abandoned: list[str] = []
         if self._dispatcher is not None:
             abandoned = self._dispatcher.stop(self.config.daemon.shutdown_grace)
-            if abandoned:
-                log.warning("daemon.cancelled_uploads", paths=abandoned)
+        if abandoned:
+            # Their threads still hold the client and may yet write to the
+            # ledger: both stay open, and the state lock held, until the
+            # process ends. Their rows stay `uploading`; the next start's
+            # recovery queues a replace again and holds an append whose body
+            # was sent as in doubt.
+            log.warning(
+                "daemon.abandoned_uploads",
+                paths=abandoned,
+                action="the next start recovers them from the ledger",
+            )
+        else:
+            self._close()
+        log.info("daemon.stopped", abandoned=len(abandoned))
+
+    def _close(self) -> None:
+        """Release what start() took, in reverse order."""
         if self._client is not None:
             self._client.close()
         if self._ledger is not None:
@@ -294,7 +324,6 @@ class Daemon:
             self._lock.release()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
-        log.info("daemon.stopped")
 
     # --- signals --------------------------------------------------------
 

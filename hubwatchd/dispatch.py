@@ -6,6 +6,14 @@ finishes, new work arrives, or the next retry or probe falls due. Waiting
 retries hold no worker. The ledger decides order, coalescing, retry times
 and blocked probes; this module decides when to ask, runs each upload, and
 carries out the after-action once the ledger has recorded the outcome.
+
+Threads: each upload runs on a daemon thread of its own (at most `workers`
+at a time), and only the scheduler thread moves files. An upload waiting
+for the hub's answer cannot be interrupted (httpx checks nothing while it
+reads), so at shutdown such a thread is abandoned rather than joined: a
+pool's non-daemon threads would hold the process for up to answer_timeout.
+Its ledger row stays `uploading`, which `Ledger.recover` settles at the next
+start.
 """
 
 from __future__ import annotations
@@ -15,12 +23,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from hubwatchd import files, logs
 from hubwatchd.config import Config, WatchConfig
+from hubwatchd.errors import FileRefused
 from hubwatchd.hub import Outcome, ProgressLog
 from hubwatchd.ledger import Ledger, Version
 
@@ -31,6 +39,9 @@ HASH_CHUNK = 1 << 20
 MOVE_RETRY = 60.0
 # The longest the scheduler sleeps without being woken: a safety net only.
 IDLE_WAIT = 30.0
+# After the grace, how long cancelled uploads get to stop between chunks and
+# record their outcome before they are abandoned.
+CANCEL_WAIT = 2.0
 
 
 class Uploader(Protocol):
@@ -66,11 +77,7 @@ class Dispatcher:
         self._client = client
         self._touch_files = touch_files
         self._clock = clock
-        self._pool = ThreadPoolExecutor(
-            max_workers=config.daemon.workers, thread_name_prefix="hubwatchd-upload"
-        )
         self._busy: dict[str, str] = {}  # task id -> path in flight
-        self._moves = threading.Lock()
         self._move_failed: dict[int, float] = {}  # version id -> when to try again
         self._cond = threading.Condition()
         self._woken = False
@@ -103,23 +110,35 @@ class Dispatcher:
         """Take no new work; give uploads in flight `grace` seconds, then cancel.
 
         A cancelled upload stops between chunks and is recorded by the
-        ledger's rules (an unfinished body is no upload). Returns the paths
-        that were still in flight when the grace ran out.
+        ledger's rules (an unfinished body is no upload). One still waiting
+        for the hub's answer after CANCEL_WAIT more is abandoned: its thread
+        is left running and its row stays `uploading`. Returns the paths of
+        abandoned uploads; while there are any, the ledger must stay open
+        (the thread may still record its outcome) until the process ends.
         """
         self._stopping.set()
         self.wake()
         if self._thread.is_alive():
             self._thread.join()
-        deadline = time.monotonic() + grace
+        if not self._wait_idle(grace):
+            with self._cond:
+                paths = list(self._busy.values())
+            log.warning("dispatch.cancelling", uploads=len(paths), paths=paths)
+            self._cancel.set()
+            self._wait_idle(CANCEL_WAIT)
+        # The scheduler has stopped: this thread is now the only mover, and
+        # what finished during the grace is archived now, not at next start.
+        self.finish_dispositions()
+        with self._cond:
+            return list(self._busy.values())
+
+    def _wait_idle(self, seconds: float) -> bool:
+        """Wait up to `seconds` for every upload to finish; True if they did."""
+        deadline = time.monotonic() + seconds
         with self._cond:
             while self._busy and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
-            abandoned = list(self._busy.values())
-        if abandoned:
-            log.warning("dispatch.cancelling", uploads=len(abandoned), paths=abandoned)
-            self._cancel.set()
-        self._pool.shutdown(wait=True)
-        return abandoned
+            return not self._busy
 
     def update(self, config: Config) -> None:
         """Take a reloaded config. A watch whose settings changed (a fixed key
@@ -163,7 +182,13 @@ class Dispatcher:
                 if version is None:
                     break
                 self._busy[version.task_id] = version.path
-                self._pool.submit(self._run, version, watches[version.watch])
+                worker = threading.Thread(
+                    target=self._run,
+                    args=(version, watches[version.watch]),
+                    name=f"hubwatchd-upload-{version.id}",
+                    daemon=True,
+                )
+                worker.start()
             due = self._ledger.next_due_at(skip_tasks=set(self._busy), watches=watches)
         if due is None:
             return IDLE_WAIT
@@ -201,7 +226,6 @@ class Dispatcher:
             if duplicate is not None:
                 self._ledger.mark_skipped(version.id, duplicate=duplicate, sha256=sha)
                 bound.info("upload.skipped", duplicate_of=duplicate.id)
-                self.finish_dispositions()
                 return
 
         hasher = hashlib.sha256() if sha is None else None
@@ -212,18 +236,26 @@ class Dispatcher:
             watch=watch.name,
             task_id=version.task_id,
         )
-        outcome = self._client.upload(
-            path,
-            task_id=version.task_id,
-            mode=version.mode,
-            api_key=watch.api_key,
-            size=version.size,
-            json_raw=watch.json_upload == "raw",
-            hasher=hasher,
-            progress=progress,
-            cancel=self._cancel,
-            on_body_sent=lambda: self._ledger.mark_body_sent(version.id),
-        )
+        try:
+            outcome = self._client.upload(
+                path,
+                task_id=version.task_id,
+                mode=version.mode,
+                api_key=watch.api_key,
+                size=version.size,
+                json_raw=watch.json_upload == "raw",
+                hasher=hasher,
+                progress=progress,
+                cancel=self._cancel,
+                on_body_sent=lambda: self._ledger.mark_body_sent(version.id),
+            )
+        except FileRefused as exc:
+            # It changed since the check above (unreadable now, or no longer
+            # a regular file): refuse it as the settler would, rather than
+            # release it to be claimed again at once, forever.
+            self._ledger.mark_failed(version.id, exc.reason)
+            bound.warning("upload.refused", reason=exc.reason)
+            return
         if hasher is not None and outcome.body_complete:
             sha = hasher.hexdigest()
         doubt = None
@@ -242,7 +274,6 @@ class Dispatcher:
             doubt=doubt,
         )
         self._report(finished, watch, outcome, bound)
-        self.finish_dispositions()
 
     def _report(
         self, version: Version, watch: WatchConfig, outcome: Outcome, bound: Any
@@ -300,20 +331,22 @@ class Dispatcher:
 
     def finish_dispositions(self) -> None:
         """Carry out every pending after-action: archive, delete, keep, or the
-        failed folder. A move that fails stays pending and is tried again."""
+        failed folder. A move that fails stays pending and is tried again.
+
+        Runs on the scheduler thread only (each pass: after every upload, and
+        whenever the daemon wakes it), so no two threads move one file.
+        """
         if not self._touch_files:
             return
-        # One mover at a time: two threads must never move the same file.
-        with self._moves:
-            now = time.monotonic()
-            for version in self._ledger.pending_dispositions():
-                watch = self._watches.get(version.watch)
-                if watch is None or self._move_failed.get(version.id, 0.0) > now:
-                    continue
-                if not self._dispose(watch, version):
-                    self._move_failed[version.id] = now + MOVE_RETRY
-                else:
-                    self._move_failed.pop(version.id, None)
+        now = time.monotonic()
+        for version in self._ledger.pending_dispositions():
+            watch = self._watches.get(version.watch)
+            if watch is None or self._move_failed.get(version.id, 0.0) > now:
+                continue
+            if not self._dispose(watch, version):
+                self._move_failed[version.id] = now + MOVE_RETRY
+            else:
+                self._move_failed.pop(version.id, None)
 
     def _dispose(self, watch: WatchConfig, version: Version) -> bool:
         """The after-action for one version; False when the move failed."""

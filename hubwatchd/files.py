@@ -22,11 +22,17 @@ def archive(watch: WatchConfig, path: Path, when: float | None = None) -> Path:
     """Move `path` (and its ready marker) into the watch's dated archive folder.
 
     Returns where the file now is. Raises OSError when it cannot be moved;
-    the file then stays where it was.
+    the file then stays where it was. Raises FileNotFoundError when it is
+    gone, after archiving its marker all the same (a crash may have come
+    between the two moves).
     """
     day = time.strftime("%Y-%m-%d", time.localtime(when))
     target_dir = watch.archive_path / day / _relative_parent(watch, path)
-    moved = _move(path, target_dir)
+    try:
+        moved = _move(path, target_dir)
+    except FileNotFoundError:
+        _move_marker(watch, path, target_dir)
+        raise
     _move_marker(watch, path, target_dir)
     return moved
 

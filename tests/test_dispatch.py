@@ -1,0 +1,191 @@
+"""The dispatcher with a real ledger and real files, and a stand-in hub client
+whose behaviour each test chooses: what an end-to-end run cannot pin down."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemonkit import poll
+from watchkit import make_watch
+
+from hubwatchd import files
+from hubwatchd.config import Config, DaemonConfig, HubConfig, RetryConfig
+from hubwatchd.dispatch import Dispatcher
+from hubwatchd.errors import FileRefused
+from hubwatchd.hub import Outcome
+from hubwatchd.ledger import Ledger, Version
+from hubwatchd.retry import RetryPolicy
+
+
+class FakeHub:
+    """Answers each upload with `answer(path, kwargs)`; records the calls."""
+
+    def __init__(self, answer: Callable[[Path, dict[str, Any]], Outcome]) -> None:
+        self.answer = answer
+        self.calls: list[Path] = []
+
+    def upload(self, path: Path, **kwargs: Any) -> Outcome:
+        self.calls.append(path)
+        return self.answer(path, kwargs)
+
+
+def success(_path: Path, _kwargs: dict[str, Any]) -> Outcome:
+    return Outcome("success", status=200, rows=1, body_complete=True)
+
+
+class Rig:
+    """A ledger, a drop folder and a dispatcher over them."""
+
+    def __init__(self, root: Path, hub: FakeHub, mode: str = "append") -> None:
+        self.folder = root / "drop"
+        self.folder.mkdir(parents=True)
+        self.watch = make_watch(self.folder, name="w", mode=mode)
+        self.config = Config(
+            source=root / "config.toml",
+            hub=HubConfig(url="http://127.0.0.1:9", api_key=None),
+            daemon=DaemonConfig(state_dir=root / "state", workers=2),
+            retry=RetryConfig(),
+            watches=(self.watch,),
+        )
+        self.ledger = Ledger.open(root / "state", policy=RetryPolicy(0.05, 0.1, 3600.0))
+        self.dispatcher = Dispatcher(self.config, self.ledger, hub)
+
+    def drop(self, name: str, text: str = "a,b\n1,2\n") -> Version:
+        path = self.folder / name
+        path.write_text(text)
+        st = path.stat()
+        version, _ = self.ledger.record_ready(
+            self.watch, path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+        )
+        self.dispatcher.wake()
+        return version
+
+    def state(self, version: Version) -> Version:
+        found = self.ledger.get(version.id)
+        assert found is not None
+        return found
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    rigs: list[Rig] = []
+
+    def factory(hub: FakeHub, mode: str = "append") -> Rig:
+        rig = Rig(tmp_path / f"rig-{len(rigs)}", hub, mode)
+        rigs.append(rig)
+        return rig
+
+    yield factory
+    for rig in rigs:
+        rig.dispatcher.stop(grace=5.0)
+        rig.ledger.close()
+
+
+def test_only_the_scheduler_thread_moves_files(make_rig, monkeypatch):
+    movers: list[str] = []
+    real_archive = files.archive
+
+    def archive(watch, path, when=None):
+        movers.append(threading.current_thread().name)
+        return real_archive(watch, path, when)
+
+    monkeypatch.setattr(files, "archive", archive)
+    rig = make_rig(FakeHub(success))
+    rig.dispatcher.start()
+    versions = [rig.drop(f"f{n}.csv", f"n\n{n}\n") for n in range(5)]
+
+    poll(
+        lambda: all(rig.state(v).disposition == "archived" for v in versions),
+        what="all archived",
+    )
+    assert movers == ["hubwatchd-dispatch"] * 5
+    assert list(rig.folder.glob("*.csv")) == []
+
+
+def test_a_file_the_client_refuses_is_failed_not_claimed_again(make_rig):
+    # Between the dispatcher's check and the client's open, the file became
+    # unreadable: refused, once, and moved to the failed folder.
+    def refuse(path: Path, _kwargs: dict[str, Any]) -> Outcome:
+        raise FileRefused(f"{path}: cannot open: Permission denied")
+
+    hub = FakeHub(refuse)
+    rig = make_rig(hub)
+    rig.dispatcher.start()
+    version = rig.drop("locked.csv")
+
+    poll(lambda: rig.state(version).disposition == "failed_folder", what="failed")
+    assert rig.state(version).state == "failed"
+    assert "Permission denied" in rig.state(version).last_error
+    assert hub.calls == [rig.folder / "locked.csv"]
+    assert (rig.folder / ".hubwatchd-failed" / "locked.csv.reason.txt").exists()
+
+
+def test_stop_cancels_a_body_still_streaming_and_records_it(make_rig):
+    started = threading.Event()
+
+    def streaming(_path: Path, kwargs: dict[str, Any]) -> Outcome:
+        started.set()
+        kwargs["cancel"].wait(30)  # the client checks cancel between chunks
+        return Outcome("retry", error="cancelled: shutting down", bytes_sent=10)
+
+    rig = make_rig(FakeHub(streaming))
+    rig.dispatcher.start()
+    version = rig.drop("big.csv")
+    assert started.wait(10)
+
+    abandoned = rig.dispatcher.stop(grace=0.1)
+
+    assert abandoned == []
+    assert rig.state(version).state == "retry_wait"
+
+
+def test_stop_abandons_an_upload_waiting_for_an_answer(make_rig):
+    # httpx cannot be interrupted while it waits for the answer: stop must
+    # not wait for it (answer_timeout may be 30 minutes), nor may the ledger
+    # row be touched; recover() decides at the next start.
+    started, answer = threading.Event(), threading.Event()
+
+    def waiting(_path: Path, kwargs: dict[str, Any]) -> Outcome:
+        kwargs["on_body_sent"]()
+        started.set()
+        answer.wait(30)  # ignores cancel, as a blocked socket read does
+        return Outcome("success", status=200, rows=1, body_complete=True)
+
+    rig = make_rig(FakeHub(waiting))
+    rig.dispatcher.start()
+    version = rig.drop("slow.csv")
+    assert started.wait(10)
+
+    try:
+        abandoned = rig.dispatcher.stop(grace=0.1)
+        assert abandoned == [str(rig.folder / "slow.csv")]
+        assert rig.state(version).state == "uploading"
+        assert rig.ledger.recover()["in_doubt"] == 1
+    finally:
+        answer.set()
+        poll(lambda: rig.dispatcher.in_flight() == 0, what="the thread's end")
+
+
+def test_what_finishes_during_the_grace_is_archived_before_stop_returns(make_rig):
+    started, answer = threading.Event(), threading.Event()
+
+    def slow(path: Path, kwargs: dict[str, Any]) -> Outcome:
+        started.set()
+        answer.wait(30)
+        return success(path, kwargs)
+
+    rig = make_rig(FakeHub(slow))
+    rig.dispatcher.start()
+    version = rig.drop("a.csv")
+    assert started.wait(10)
+
+    threading.Timer(0.2, answer.set).start()
+    assert rig.dispatcher.stop(grace=10.0) == []
+
+    assert rig.state(version).state == "done"
+    assert rig.state(version).disposition == "archived"
+    assert not (rig.folder / "a.csv").exists()
