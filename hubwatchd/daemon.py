@@ -24,6 +24,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -75,6 +76,7 @@ class Daemon:
         self._lock: StateLock | None = None
         self._ledger: Ledger | None = None
         self._client: HubClient | DryRunClient | None = None
+        self._retired: list[HubClient | DryRunClient | None] = []
         self._dispatcher: Dispatcher | None = None
         self._settler: Settler | None = None
         self._watcher: Watcher | None = None
@@ -229,13 +231,37 @@ class Daemon:
             )
             systemd.ready()
             return
-        old = {w.name for w in self.config.watches}
+        before = self.config
+        old = {w.name for w in before.watches}
         new = {w.name for w in config.watches}
+        # What a reload cannot change in a running process stays as it was.
+        fixed = {"state_dir": before.daemon.state_dir}
+        fixed["rescan_interval"] = before.daemon.rescan_interval
+        ignored = [k for k, v in fixed.items() if getattr(config.daemon, k) != v]
+        if ignored:
+            log.warning(
+                "config.restart_needed",
+                settings=ignored,
+                action="these take effect at the next restart",
+            )
+            config = replace(config, daemon=replace(config.daemon, **fixed))
+        client = None
+        if not self.dry_run and (
+            config.hub != before.hub or config.daemon.workers != before.daemon.workers
+        ):
+            # Uploads in flight finish on the old client, closed at stop.
+            self._retired.append(self._client)
+            client = self._client = HubClient(config.hub, workers=config.daemon.workers)
+        if config.daemon.log_format != before.daemon.log_format or (
+            config.daemon.log_level != before.daemon.log_level
+        ):
+            logs.configure(config.daemon.log_format, config.daemon.log_level)
         self.config = config
         self._ledger.policy = RetryPolicy.from_config(config.retry)
+        self._ledger.blocked_probe_interval = config.daemon.blocked_probe_interval
         self._settler.set_watches(config.watches)
         self._watcher.update(config.watches)
-        self._dispatcher.update(config)
+        self._dispatcher.update(config, client)
         log.info(
             "config.reloaded",
             added=sorted(new - old),
@@ -316,8 +342,9 @@ class Daemon:
 
     def _close(self) -> None:
         """Release what start() took, in reverse order."""
-        if self._client is not None:
-            self._client.close()
+        for client in (*self._retired, self._client):
+            if client is not None:
+                client.close()
         if self._ledger is not None:
             self._ledger.close()
         if self._lock is not None:

@@ -140,13 +140,17 @@ class Dispatcher:
                 self._cond.wait(left)
             return not self._busy
 
-    def update(self, config: Config) -> None:
-        """Take a reloaded config. A watch whose settings changed (a fixed key
-        or task id) is unblocked at once; removed watches' files stay queued."""
+    def update(self, config: Config, client: Uploader | None = None) -> None:
+        """Take a reloaded config, and a new client when the hub settings or
+        the worker count changed (uploads in flight finish on the old one).
+        A watch whose settings changed (a fixed key or task id) is unblocked
+        at once; removed watches' files stay queued."""
         old = self._watches
         with self._cond:
             self._config = config
             self._watches = {w.name: w for w in config.watches}
+            if client is not None:
+                self._client = client
         for name in self._ledger.blocked_watches():
             if name in self._watches and self._watches[name] != old.get(name):
                 released = self._ledger.unblock(name)

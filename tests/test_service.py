@@ -72,14 +72,6 @@ def test_a_broken_config_on_reload_leaves_the_old_one_in_force(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "daemon bug: _reload() never rebuilds the HubClient, so a changed [hub] "
-        "url (or ca_bundle, timeouts) is silently ignored while the log says "
-        "config.reloaded; uploads keep going to the old hub until a restart"
-    ),
-)
 def test_a_reload_sends_later_uploads_to_a_changed_hub_url(
     service: Service,
     devhub: DevhubProcess,
