@@ -220,6 +220,20 @@ def _read_key(api_key_file: Path | None, api_key_env: str | None) -> Secret | No
     return Secret(value=value, source=source)
 
 
+def _load_for_push(config_path: Path | None) -> Config:
+    """The config with its keys read (push sends them), but without the
+    folder checks: an operator may push from a host or account where the
+    watched folders are not writable, or do not exist."""
+    path = config_path or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), EX_CONFIG)
+    for warning in config.warnings:
+        click.echo(f"hubwatchd: warning: {warning}", err=True)
+    return config
+
+
 def _push_target(
     config: Config,
     task_id: str | None,
@@ -436,7 +450,7 @@ def push(
     except ValueError as exc:
         fail(f"--max-wait {exc}", EX_USAGE)
 
-    config = load_or_exit(config_path, filesystem=False)
+    config = _load_for_push(config_path)
     level = ("critical", "info", "debug")[min(verbose, 2)]
     logs.configure(config.daemon.log_format, level=level, stream=sys.stderr)
     key = _read_key(api_key_file, api_key_env)
