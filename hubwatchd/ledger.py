@@ -785,7 +785,9 @@ class Ledger:
         recorded in blocked_watches and a probe after blocked_probe_interval;
         retry -> retry_wait at a backoff time, or failed once give_up_after
         has passed since the first failure, or in_doubt for an append whose
-        whole body was sent and that got no answer. Committed durably.
+        whole body was sent (`body_complete`, from the outcome; the attempt's
+        body-sent mark does not count here) and that got no answer.
+        Committed durably.
         """
         if kind not in OUTCOME_KINDS:
             raise ValueError(f"kind must be one of {OUTCOME_KINDS}, got {kind!r}")
@@ -796,7 +798,11 @@ class Ledger:
                 message = f"version {version_id} is {version.state}, not uploading"
                 raise IllegalTransition(message)
             attempt = self._open_attempt(version_id)
-            sent_all = body_complete or bool(attempt and attempt.body_complete)
+            # The outcome alone says whether the whole body went. The durable
+            # mark is pessimistic (made just before the final piece, see
+            # hub._Body) and is for `recover` only, after a crash; here a
+            # live answer-less failure with an incomplete body wrote nothing.
+            sent_all = body_complete
             if attempt is not None:
                 self._close_attempt(attempt, now, kind, status, bytes_sent, error)
             common = {
