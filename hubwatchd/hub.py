@@ -511,26 +511,31 @@ def _descriptor(source: Path | BinaryIO) -> Iterator[int]:
     if not isinstance(source, Path):
         yield source.fileno()
         return
-    fd = _open_regular(source)
+    fd = open_regular(source)
     try:
         yield fd
     finally:
         os.close(fd)
 
 
-def _open_regular(path: Path) -> int:
-    """A read-only descriptor for a regular file, never through a symlink."""
+def open_regular(path: Path, shown: Path | None = None) -> int:
+    """A read-only descriptor for a regular file, never through a symlink.
+
+    Raises FileRefused naming `shown` (default: `path`) when it cannot be
+    opened or is not a regular file.
+    """
+    shown = path if shown is None else shown
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise FileRefused(f"{path}: no such file") from None
+        raise FileRefused(f"{shown}: no such file") from None
     except OSError as exc:
         # ELOOP: the last component is a symlink (O_NOFOLLOW).
-        raise FileRefused(f"{path}: cannot open: {exc.strerror}") from None
+        raise FileRefused(f"{shown}: cannot open: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise FileRefused(f"{path}: not a regular file")
+        raise FileRefused(f"{shown}: not a regular file")
     return fd
 
 
