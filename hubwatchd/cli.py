@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from hubwatchd.config import (
     GUID_RE,
     Config,
     Secret,
+    WatchConfig,
     check_filesystem,
     default_config_path,
     load_config,
@@ -35,13 +37,14 @@ from hubwatchd.config import (
 )
 from hubwatchd.errors import ConfigError, FileRefused, LedgerError, LedgerLocked
 from hubwatchd.hub import HubClient, Outcome
-from hubwatchd.ledger import STATES, Ledger
+from hubwatchd.ledger import STATES, Ledger, Version
 from hubwatchd.push import (
     PushResult,
     PushTarget,
-    check_file,
+    open_file,
+    open_ledger,
     push_file,
-    record_in_ledger,
+    push_recorded,
 )
 from hubwatchd.retry import RetryPolicy
 
@@ -268,6 +271,7 @@ def _push_target(
 
 def _push_one(
     client: HubClient,
+    ledger: Ledger | None,
     config: Config,
     target: PushTarget,
     path: Path,
@@ -275,7 +279,7 @@ def _push_one(
 ) -> int:
     """Push one file, tell the operator how it went, return its exit code."""
     try:
-        size = check_file(path, target)
+        file = open_file(path, target)
     except FileRefused as exc:
         click.echo(f"hubwatchd: refused: {exc.reason}", err=True)
         return EX_DATAERR
@@ -289,38 +293,91 @@ def _push_one(
     # A bar on a terminal; nothing at all on a pipe or in a log.
     on_terminal = sys.stderr.isatty()
     bar_context: Any = (
-        click.progressbar(length=size, label=path.name, file=sys.stderr)
+        click.progressbar(length=file.size, label=path.name, file=sys.stderr)
         if on_terminal
         else contextlib.nullcontext()
     )
-    with bar_context as bar:
+    with file, bar_context as bar:
         shown = [0]
 
         def progress(sent: int) -> None:
             bar.update(sent - shown[0])
             shown[0] = sent
 
+        common: dict[str, Any] = {
+            "max_wait": max_wait,
+            "progress": progress if on_terminal else None,
+            "on_retry": on_retry,
+        }
         try:
-            result = push_file(
-                client,
-                target,
-                path,
-                size,
-                policy=RetryPolicy.from_config(config.retry),
-                max_wait=max_wait,
-                progress=progress if on_terminal else None,
-                on_retry=on_retry,
+            if ledger is None:
+                policy = RetryPolicy.from_config(config.retry)
+                result = push_file(client, target, file, policy=policy, **common)
+            else:
+                result = push_recorded(client, ledger, config, target, file, **common)
+        except (LedgerError, sqlite3.Error) as exc:
+            message = (
+                f"hubwatchd: {path}: the ledger failed: {exc}; if the upload had "
+                "started, the daemon sorts it out at its next start"
             )
-        except FileRefused as exc:
-            click.echo(f"hubwatchd: refused: {exc.reason}", err=True)
-            return EX_DATAERR
-    record_in_ledger(config, target, path, size, result)
+            click.echo(message, err=True)
+            return EX_TEMPFAIL
     return _report(path, target, result)
 
 
 def _report(path: Path, target: PushTarget, result: PushResult) -> int:
-    outcome = result.outcome
-    if outcome.ok:
+    version, outcome = result.version, result.outcome
+    if result.busy is not None:
+        message = f"hubwatchd: {path}: not sent now: {result.busy}"
+        if outcome is not None:
+            message += f" (after {outcome.error})"
+        click.echo(message, err=True)
+        return EX_TEMPFAIL
+    if outcome is None:
+        assert version is not None
+        return _report_known(path, version)
+    code = _report_outcome(path, target, result, outcome)
+    if version is not None:
+        _report_ledger(version, result.owner)
+    if result.also_watched is not None:
+        message = (
+            f"hubwatchd: warning: {path} is input for watch {result.also_watched}, "
+            "but was pushed with another task, mode or key, so its daemon will "
+            f"upload it too; push it with --watch {result.also_watched} instead"
+        )
+        click.echo(message, err=True)
+    return code
+
+
+def _report_known(path: Path, version: Version) -> int:
+    """Nothing was sent: the ledger already knows this version."""
+    ref = f"#{version.id}"
+    if version.state == "done":
+        click.echo(
+            f"{path}: already uploaded on {report.when(version.done_at)} ({ref})"
+        )
+        return EX_OK
+    if version.state in ("skipped", "superseded"):
+        click.echo(f"{path}: not sent: {version.note} ({ref}, {version.state})")
+        return EX_OK
+    if version.state == "forgotten":
+        click.echo(f"{path}: not sent: closed by `hubwatchd forget` ({ref})")
+        return EX_OK
+    if version.state == "in_doubt":
+        message = f"hubwatchd: {path}: not sent: held in doubt ({ref}): {version.note}"
+    else:  # uploading
+        message = (
+            f"hubwatchd: {path}: not sent: it is being uploaded right now ({ref}, "
+            "by the daemon or another push); see `hubwatchd history`"
+        )
+    click.echo(message, err=True)
+    return EX_TEMPFAIL
+
+
+def _report_outcome(
+    path: Path, target: PushTarget, result: PushResult, outcome: Outcome
+) -> int:
+    if outcome.ok and not result.in_doubt:
         done = "replaced the rows of" if target.mode == "replace" else "appended to"
         rows = "rows: not stated" if outcome.rows is None else f"{outcome.rows} rows"
         rate = outcome.bytes_sent / 1048576 / max(outcome.seconds, 1e-9)
@@ -344,7 +401,9 @@ def _report(path: Path, target: PushTarget, result: PushResult) -> int:
         )
         click.echo(message, err=True)
         return EX_NOPERM
-    if result.in_doubt:
+    if outcome.ok:  # in doubt: the file changed while it was sent
+        message = f"hubwatchd: {path}: appended, but the file changed while it was sent"
+    elif result.in_doubt:
         message = (
             f"hubwatchd: {path}: {outcome.error}; the whole file had been sent, so "
             "the hub may have appended its rows: check the table before pushing "
@@ -355,6 +414,38 @@ def _report(path: Path, target: PushTarget, result: PushResult) -> int:
         message = f"hubwatchd: {path}: still failing after {tries}: {outcome.error}"
     click.echo(message, err=True)
     return EX_TEMPFAIL
+
+
+def _report_ledger(version: Version, owner: WatchConfig | None) -> None:
+    """One line on what the ledger holds now and what comes next."""
+    ref = f"#{version.id}"
+    watch = f"watch {owner.name}" if owner is not None else "no watch"
+    if version.state == "done" and owner is not None:
+        after = {"archive": "archives", "delete": "deletes"}.get(owner.after_success)
+        then = f"; the daemon {after} the file" if after else ""
+        click.echo(f"  recorded done ({ref}, {watch}){then}")
+    elif version.state == "done":
+        click.echo(f"  recorded done ({ref}, {watch})")
+    elif version.state == "in_doubt":
+        if owner is None:
+            hint = (
+                f"check the table, then `hubwatchd retry {version.id}` and push it "
+                f"again, or `hubwatchd forget {version.id}`"
+            )
+        else:
+            hint = version.note
+        click.echo(f"  held in doubt ({ref}): {hint}", err=True)
+    elif version.state == "retry_wait":
+        at = report.when(version.next_attempt_at)
+        click.echo(f"  the daemon tries again at {at} ({ref}, {watch})", err=True)
+    elif version.state == "failed" and owner is not None:
+        click.echo(
+            f"  recorded failed ({ref}); the daemon moves the file to the failed "
+            "folder",
+            err=True,
+        )
+    else:
+        click.echo(f"  recorded {version.state} ({ref}, {watch})", err=True)
 
 
 # Worst first: a blocked target stops the run, the rest only set the code.
@@ -419,12 +510,15 @@ def push(
     verbose: int,
     config_path: Path | None,
 ) -> None:
-    """Upload FILE... now, through the same client and retry policy as the daemon.
+    """Upload FILE... now, through the same client, retries and ledger as the daemon.
 
     Give --task ID (with --mode, key from [hub] or --api-key-*) or --watch
-    NAME. Exits 0 when every file succeeded, 65 when the hub refused a file
-    (or it was refused locally), 75 when one still failed after its retries,
-    77 when the key or task id is wrong, 78 for a bad config.
+    NAME. Each file version is recorded in the ledger, so neither push nor
+    the daemon sends it again. Exits 0 when every file succeeded (or was
+    uploaded before), 65 when the hub refused a file (or it was refused
+    locally), 75 when one still failed after its retries, is in doubt or
+    is being uploaded, 77 when the key or task id is wrong, 78 for a bad
+    config.
     """
     if (task_id is None) == (watch_name is None):
         fail("give --task ID or --watch NAME (one of them)", EX_USAGE)
@@ -445,10 +539,17 @@ def push(
     key = _read_key(api_key_file, api_key_env)
     target = _push_target(config, task_id, mode, watch_name, key, json_raw, allow_empty)
 
+    ledger, why = open_ledger(config)
+    if ledger is None:
+        click.echo(
+            f"hubwatchd: warning: not recorded in the ledger ({why}); the daemon "
+            "may upload these files again",
+            err=True,
+        )
     codes: list[int] = []
-    with HubClient(config.hub, workers=1) as client:
+    with HubClient(config.hub, workers=1) as client, ledger or contextlib.nullcontext():
         for path in files:
-            codes.append(_push_one(client, config, target, path, wait))
+            codes.append(_push_one(client, ledger, config, target, path, wait))
             if codes[-1] == EX_NOPERM:
                 break
     sys.exit(min(codes, key=_SEVERITY.index))

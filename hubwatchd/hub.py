@@ -234,13 +234,21 @@ class _Body:
         self.on_body_sent = on_body_sent
         self.sent = 0
         self.complete = False
+        self.marked = False  # on_body_sent has run
 
     @property
     def length(self) -> int:
         return len(self.head) + self.size + len(self.tail)
 
     def __iter__(self) -> Iterator[bytes]:
+        # `on_body_sent` runs just *before* the final piece is handed over,
+        # so that its durable mark means "the hub may have the whole body": a
+        # crash before the final piece left means the hub cannot have it all,
+        # and a crash after it finds the mark. A false "in doubt" is the safe
+        # direction; a missing one could append rows twice unnoticed.
         if self.head:
+            if not self.size and not self.tail:
+                self._body_sent()
             yield self.head
         while self.sent < self.size:
             if self.cancel is not None and self.cancel.is_set():
@@ -252,16 +260,24 @@ class _Body:
                 raise _Aborted("file shrank while uploading")
             if self.hasher is not None:
                 self.hasher.update(data)
+            if self.sent + len(data) == self.size and not self.tail:
+                self._body_sent()
             yield data
             self.sent += len(data)
             if self.progress is not None:
                 self.progress(self.sent)
         if self.tail:
+            self._body_sent()
             yield self.tail
+        self._body_sent()  # an empty body: nothing was yielded at all
         # Resumed after the last yield: the transport has taken every byte.
         self.complete = True
-        if self.on_body_sent is not None:
-            self.on_body_sent()
+
+    def _body_sent(self) -> None:
+        if not self.marked:
+            self.marked = True
+            if self.on_body_sent is not None:
+                self.on_body_sent()
 
 
 # --- the client -------------------------------------------------------------
@@ -340,8 +356,12 @@ class HubClient:
         files always go as multipart. `progress(file_bytes_sent)` is called
         after each chunk; `hasher` is fed every file byte sent; `cancel` is
         checked between chunks (not during the wait for the answer);
-        `on_body_sent()` runs the moment the last byte is handed to the
-        transport. Exceptions from these callbacks propagate.
+        `on_body_sent()` runs just before the final piece of the body is
+        handed to the transport (so a durable mark made there is never
+        missing when the hub may have the whole body), while
+        `Outcome.body_complete` says the final piece really went. Exceptions
+        from these callbacks propagate (from `on_body_sent`, before the final
+        piece: the hub never gets the whole body).
 
         Returns an Outcome for every answer and every network failure.
         Raises FileRefused when `path` cannot be opened as a regular file.
@@ -491,26 +511,31 @@ def _descriptor(source: Path | BinaryIO) -> Iterator[int]:
     if not isinstance(source, Path):
         yield source.fileno()
         return
-    fd = _open_regular(source)
+    fd = open_regular(source)
     try:
         yield fd
     finally:
         os.close(fd)
 
 
-def _open_regular(path: Path) -> int:
-    """A read-only descriptor for a regular file, never through a symlink."""
+def open_regular(path: Path, shown: Path | None = None) -> int:
+    """A read-only descriptor for a regular file, never through a symlink.
+
+    Raises FileRefused naming `shown` (default: `path`) when it cannot be
+    opened or is not a regular file.
+    """
+    shown = path if shown is None else shown
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise FileRefused(f"{path}: no such file") from None
+        raise FileRefused(f"{shown}: no such file") from None
     except OSError as exc:
         # ELOOP: the last component is a symlink (O_NOFOLLOW).
-        raise FileRefused(f"{path}: cannot open: {exc.strerror}") from None
+        raise FileRefused(f"{shown}: cannot open: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise FileRefused(f"{path}: not a regular file")
+        raise FileRefused(f"{shown}: not a regular file")
     return fd
 
 

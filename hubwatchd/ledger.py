@@ -650,6 +650,64 @@ class Ledger:
             self.db["attempts"].insert({"version_id": claimed.id, "started_at": now})
             return claimed
 
+    def claim(self, version_id: int, now: float | None = None) -> Version:
+        """Take exactly this version for an upload now (`hubwatchd push`):
+        committed `uploading` (durably) with an attempt row, as `claim_next`.
+
+        Only a queued version can be claimed: `ready`, or `retry_wait` (push's
+        own next attempt, taken in one transaction so that a daemon cannot
+        slip in between). Any other state, or another version of the same
+        task already uploading (one upload per task at a time), raises
+        IllegalTransition and changes nothing. In replace mode the waiting
+        replace versions queued before it are `superseded`, as `claim_next`
+        does: uploading them afterwards would put older data back.
+        """
+        now = self._now(now)
+        with self._write(durable=True):
+            version = self._require(version_id)
+            if version.state not in ("ready", "retry_wait"):
+                message = (
+                    f"version {version_id} ({version.path}) is {version.state}; "
+                    "only a ready or retry_wait version can be claimed"
+                )
+                raise IllegalTransition(message)
+            busy = self._one("task_id = ? AND state = 'uploading'", [version.task_id])
+            if busy is not None:
+                message = (
+                    f"task {version.task_id} is busy: #{busy.id} ({busy.path}) "
+                    "is being uploaded now"
+                )
+                raise IllegalTransition(message)
+            if version.mode == "replace":
+                self._supersede_older(version)
+            claimed = self._move(
+                version, "uploading", started_at=now, next_attempt_at=None
+            )
+            self.db["attempts"].insert({"version_id": claimed.id, "started_at": now})
+            return claimed
+
+    def _supersede_older(self, newest: Version) -> None:
+        """Supersede the replace versions waiting before `newest` in its
+        task's queue, back to the nearest waiting append (which keeps its
+        place: an append's rows are not replaced by anything before it)."""
+        queue = self._versions(
+            f"task_id = ? AND state IN {_WAITING_SQL} AND id != ?"
+            f" ORDER BY {_QUEUE_ORDER}",
+            [newest.task_id, newest.id],
+        )
+        older = [v for v in queue if v.order_key < newest.order_key]
+        for version in reversed(older):
+            if version.mode != "replace":
+                break
+            self._move(
+                version,
+                "superseded",
+                note=f"superseded by #{newest.id} ({Path(newest.path).name})",
+                disposition="pending",
+                next_attempt_at=None,
+            )
+            log.info("version.superseded", version=version.id, by=newest.id)
+
     def _coalesce(self, head: Version, now: float) -> Version:
         queue = self._versions(
             f"task_id = ? AND state IN {_WAITING_SQL} ORDER BY {_QUEUE_ORDER}",
@@ -785,7 +843,9 @@ class Ledger:
         recorded in blocked_watches and a probe after blocked_probe_interval;
         retry -> retry_wait at a backoff time, or failed once give_up_after
         has passed since the first failure, or in_doubt for an append whose
-        whole body was sent and that got no answer. Committed durably.
+        whole body was sent (`body_complete`, from the outcome; the attempt's
+        body-sent mark does not count here) and that got no answer.
+        Committed durably.
         """
         if kind not in OUTCOME_KINDS:
             raise ValueError(f"kind must be one of {OUTCOME_KINDS}, got {kind!r}")
@@ -796,7 +856,11 @@ class Ledger:
                 message = f"version {version_id} is {version.state}, not uploading"
                 raise IllegalTransition(message)
             attempt = self._open_attempt(version_id)
-            sent_all = body_complete or bool(attempt and attempt.body_complete)
+            # The outcome alone says whether the whole body went. The durable
+            # mark is pessimistic (made just before the final piece, see
+            # hub._Body) and is for `recover` only, after a crash; here a
+            # live answer-less failure with an incomplete body wrote nothing.
+            sent_all = body_complete
             if attempt is not None:
                 self._close_attempt(attempt, now, kind, status, bytes_sent, error)
             common = {

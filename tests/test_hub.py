@@ -373,6 +373,21 @@ def test_connection_cut_mid_body_is_retried_with_an_incomplete_body(devhub, tmp_
     assert devhub.rows(SALES_TABLE) == []
 
 
+def test_a_failing_body_sent_hook_keeps_the_whole_body_from_the_hub(devhub, tmp_path):
+    # The hook (the ledger's durable mark) runs before the final piece: if it
+    # cannot record, the hub never gets a whole body and writes nothing.
+    path = write(tmp_path, "sales.csv", CSV)
+
+    def refuse() -> None:
+        raise OSError("disk full")
+
+    with client_for(devhub) as client:
+        with pytest.raises(OSError, match="disk full"):
+            upload(client, path, mode="append", on_body_sent=refuse)
+        assert upload(client, path, mode="append").rows == 2  # still usable
+    assert len(devhub.rows(SALES_TABLE)) == 2
+
+
 def test_a_hub_that_never_answers_times_out_after_the_body(devhub, tmp_path):
     devhub.set_fault("hang")
     path = write(tmp_path, "sales.csv", CSV)

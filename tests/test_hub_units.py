@@ -310,6 +310,114 @@ def test_empty_file_body_is_framing_only(tmp_path):
     assert body.complete
 
 
+def test_the_body_sent_hook_runs_before_the_multipart_tail(tmp_path):
+    size = 2 * CHUNK_SIZE + 5
+    path = make_file(tmp_path, size)
+    pieces: list[bytes] = []
+    seen: list[tuple[int, int, bool]] = []
+    body, fd = body_for(
+        path,
+        size,
+        on_body_sent=lambda: seen.append((len(pieces), body.sent, body.complete)),
+    )
+    try:
+        for piece in body:
+            pieces.append(piece)
+    finally:
+        os.close(fd)
+    # HEAD and three chunks handed over, every file byte read, the tail not.
+    assert seen == [(4, size, False)]
+    assert pieces[-1] == b"TAIL"
+    assert body.complete
+
+
+def test_without_a_tail_the_hook_runs_before_the_last_chunk(tmp_path):
+    size = 2 * CHUNK_SIZE + 5
+    path = make_file(tmp_path, size)
+    fd = os.open(path, os.O_RDONLY)
+    seen: list[int] = []
+    body = _Body(
+        fd,
+        size,
+        b"",
+        b"",
+        progress=None,
+        hasher=None,
+        cancel=None,
+        on_body_sent=lambda: seen.append(len(pieces)),
+    )
+    pieces: list[bytes] = []
+    try:
+        for piece in body:
+            pieces.append(piece)
+    finally:
+        os.close(fd)
+    assert [len(p) for p in pieces] == [CHUNK_SIZE, CHUNK_SIZE, 5]
+    assert seen == [2]  # two chunks handed over, the last one not yet
+    assert body.complete
+
+
+def test_an_abort_between_the_hook_and_the_final_piece_leaves_the_mark(tmp_path):
+    # The transport took the tail but failed to send it (or the process died
+    # there): the durable mark is set, the body is not complete. After a
+    # crash, recover() must assume the hub may have it all (the safe side);
+    # a live outcome still says body_complete=False.
+    size = CHUNK_SIZE + 1
+    path = make_file(tmp_path, size)
+    marks: list[bool] = []
+    body, fd = body_for(path, size, on_body_sent=lambda: marks.append(True))
+    stream = iter(body)
+    try:
+        pieces = [next(stream) for _ in range(4)]  # HEAD, 2 chunks, TAIL
+        assert (pieces[-1], marks) == (b"TAIL", [True])
+        stream.close()  # never resumed: the tail did not go
+    finally:
+        os.close(fd)
+    assert not body.complete
+
+
+def test_a_failing_hook_keeps_the_final_piece_back(tmp_path):
+    size = 1000
+    path = make_file(tmp_path, size)
+
+    def refuse() -> None:
+        raise RuntimeError("the ledger is gone")
+
+    body, fd = body_for(path, size, on_body_sent=refuse)
+    pieces: list[bytes] = []
+    try:
+        with pytest.raises(RuntimeError, match="ledger is gone"):
+            for piece in body:
+                pieces.append(piece)
+    finally:
+        os.close(fd)
+    assert b"TAIL" not in b"".join(pieces)
+    assert not body.complete
+
+
+@pytest.mark.parametrize(("head", "tail"), [(b"", b""), (b"HEAD", b"TAIL")])
+def test_an_empty_file_still_runs_the_hook_once(tmp_path, head, tail):
+    path = make_file(tmp_path, 0)
+    fd = os.open(path, os.O_RDONLY)
+    marks: list[bool] = []
+    body = _Body(
+        fd,
+        0,
+        head,
+        tail,
+        progress=None,
+        hasher=None,
+        cancel=None,
+        on_body_sent=lambda: marks.append(True),
+    )
+    try:
+        assert b"".join(body) == head + tail
+    finally:
+        os.close(fd)
+    assert marks == [True]
+    assert body.complete
+
+
 # --- progress log ---------------------------------------------------------------
 
 

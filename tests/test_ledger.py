@@ -344,8 +344,22 @@ def test_no_answer_after_the_whole_body_is_in_doubt_only_for_append(
     version = ready(ledger, make_watch(mode=mode), "a.csv")
     ledger.claim_next()
     ledger.mark_body_sent(version.id)
-    result = ledger.finish(version.id, kind="retry", status=status, error="timeout")
+    result = ledger.finish(
+        version.id, kind="retry", status=status, body_complete=True, error="timeout"
+    )
     assert result.state == state
+
+
+def test_finish_judges_by_the_outcome_not_the_body_sent_mark(ledger: Ledger):
+    # The mark is made just before the final piece of the body; a live
+    # failure that then reports an incomplete body wrote nothing at the hub.
+    version = ready(ledger, make_watch(mode="append"), "a.csv")
+    ledger.claim_next()
+    ledger.mark_body_sent(version.id)
+    result = ledger.finish(version.id, kind="retry", body_complete=False, error="cut")
+    assert result.state == "retry_wait"
+    [attempt] = ledger.attempts(version.id)
+    assert attempt.body_complete  # the mark stays on record
 
 
 def test_append_cut_off_mid_body_is_retried(ledger: Ledger):
@@ -518,7 +532,9 @@ def in_doubt(ledger: Ledger, watch, name: str):
     version = ready(ledger, watch, name)
     assert ledger.claim_next().id == version.id
     ledger.mark_body_sent(version.id)
-    return ledger.finish(version.id, kind="retry", error="no answer")
+    return ledger.finish(
+        version.id, kind="retry", body_complete=True, error="no answer"
+    )
 
 
 def test_retry_requeues_failed_and_in_doubt_at_the_back(ledger: Ledger, clock: Clock):

@@ -64,7 +64,9 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         doubt, _ = ledger.record_ready(acme, *put(acme.path, "feb.csv", "x\n"))
         ledger.claim_next()
         ledger.mark_body_sent(doubt.id)
-        ledger.finish(doubt.id, kind="retry", error="no answer after the body")
+        ledger.finish(
+            doubt.id, kind="retry", body_complete=True, error="no answer after body"
+        )
         ids["in_doubt"] = doubt.id
 
         bad, _ = ledger.record_ready(nightly, *put(nightly.path, "bad.csv", "y\n"))
