@@ -323,7 +323,8 @@ def check(
 def report(verdict: Verdict) -> None:
     print(
         f"\nrequests {verdict.requests}, faults injected {verdict.faults}, "
-        f"retried {verdict.retried} (requests beyond the first per file)"
+        f"retried {verdict.retried} (requests beyond one per file; a request cut"
+        " in its first bytes names no file, so this is close, not exact)"
     )
     print(f"delivered exactly once   {verdict.delivered}")
     print(f"superseded (replace)     {verdict.superseded}")
