@@ -71,16 +71,19 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def load_or_exit(config_path: Path | None, *, filesystem: bool = True) -> Config:
+def load_or_exit(
+    config_path: Path | None, *, filesystem: bool = True, keys: bool | None = None
+) -> Config:
     """The validated config, or exit 78 with every problem printed.
 
-    With `filesystem=False` (the ledger's read-only commands) neither the
-    folders nor the key sources are read: those commands must work outside
-    the service, where its credentials are not available.
+    With `filesystem=False` the folders are not checked, and (unless `keys`
+    says otherwise) neither are the key sources read: the ledger's read-only
+    commands must work outside the service, where its credentials are not
+    available.
     """
     path = config_path or default_config_path()
     try:
-        config = load_config(path, keys=filesystem)
+        config = load_config(path, keys=filesystem if keys is None else keys)
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
     problems = check_filesystem(config) if filesystem else []
@@ -436,7 +439,7 @@ def push(
     except ValueError as exc:
         fail(f"--max-wait {exc}", EX_USAGE)
 
-    config = load_or_exit(config_path, filesystem=False)
+    config = load_or_exit(config_path, filesystem=False, keys=True)
     level = ("critical", "info", "debug")[min(verbose, 2)]
     logs.configure(config.daemon.log_format, level=level, stream=sys.stderr)
     key = _read_key(api_key_file, api_key_env)

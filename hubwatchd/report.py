@@ -11,6 +11,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from hubwatchd import settle
 from hubwatchd.config import Config, WatchConfig, parse_duration
 from hubwatchd.ledger import Ledger, Version, WatchSummary
 
@@ -235,10 +236,14 @@ def _unseen_reason(watch: WatchConfig, path: Path, st: os.stat_result) -> str:
     name = path.name
     if not stat.S_ISREG(st.st_mode):
         return "refused: not a regular file (a symlink, FIFO or device is never read)"
-    ignored = next((p for p in watch.ignore if fnmatchcase(name, p)), None)
+    # The same case-insensitive rules the settler applies; they only name
+    # the pattern that decided.
+    ignored = next(
+        (p for p in watch.ignore if fnmatchcase(name.lower(), p.lower())), None
+    )
     if ignored:
         return f"ignored: the name matches the ignore pattern {ignored!r}"
-    if not any(fnmatchcase(name, p) for p in watch.patterns):
+    if not settle.name_matches(watch, name):
         return f"not matching the watch's patterns ({', '.join(watch.patterns)})"
     if watch.ready_marker and not path.with_name(name + watch.ready_marker).exists():
         return f"waiting for its marker {name + watch.ready_marker}"

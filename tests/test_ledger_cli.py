@@ -247,3 +247,20 @@ def test_commands_say_when_there_is_no_ledger_yet(tmp_path: Path, monkeypatch):
     config_file.write_text(CONFIG.format(root=tmp_path, task_a=TASK_A, task_b=TASK_B))
     assert "no ledger at" in run(config_file, "status", code=66)
     assert not (tmp_path / "state").exists()
+
+
+def test_explain_matches_patterns_case_insensitively_like_the_settler(tmp_path):
+    """SALES.CSV is input for "*.csv": explain must not call it unmatched."""
+    from hubwatchd import report
+    from hubwatchd.config import Secret, WatchConfig
+
+    watch = WatchConfig(
+        name="w", path=tmp_path, task_id="0" * 8, api_key=Secret("", "none")
+    )
+    upper = tmp_path / "SALES.CSV"
+    upper.write_text("a\n1\n")
+    reason = report._unseen_reason(watch, upper, upper.stat())
+    assert "never seen" in reason
+    other = tmp_path / "notes.TXT"
+    other.write_text("x")
+    assert "not matching" in report._unseen_reason(watch, other, other.stat())
