@@ -758,7 +758,6 @@ def vm_hwm(pid: int) -> int:
     return int(kib.group(1)) * 1024
 
 
-@pytest.mark.slow
 def test_1_gib_upload_keeps_devhub_peak_rss_below_150_mb(devhub_factory, tmp_path):
     hub = devhub_factory()
     # 1 GiB of CSV: a header, then 1 MiB rows of 1 KiB each, written in 8 MiB blocks.
