@@ -680,7 +680,9 @@ def test_guarding_commits_are_synchronous_full(ledger: Ledger):
     version = ready(ledger, make_watch(), "a.csv")
     assert sync_level() == 1  # NORMAL
     ledger.claim_next()
-    assert sync_level() == 2  # FULL: uploading before the request
+    assert sync_level() == 1  # NORMAL: made durable by the body-sent mark
+    ledger.mark_body_sent(version.id)
+    assert sync_level() == 2  # FULL: before the last piece of the body leaves
     ledger.note_detected(make_watch(), "/srv/drop/b.csv", 1, 1, 1, 1)
     assert sync_level() == 1
     ledger.finish(version.id, kind="success")
