@@ -343,10 +343,12 @@ class Dispatcher:
         if not self._touch_files:
             return
         now = time.monotonic()
-        for version in self._ledger.pending_dispositions():
-            watch = self._watches.get(version.watch)
-            if watch is None or self._move_failed.get(version.id, 0.0) > now:
-                continue
+        self._move_failed = {i: t for i, t in self._move_failed.items() if t > now}
+        pending = self._ledger.pending_dispositions(
+            watches=list(self._watches), skip_ids=list(self._move_failed)
+        )
+        for version in pending:
+            watch = self._watches[version.watch]
             if not self._dispose(watch, version):
                 self._move_failed[version.id] = now + MOVE_RETRY
             else:

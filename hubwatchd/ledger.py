@@ -32,6 +32,7 @@ daemon (WAL).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import random
 import re
@@ -1088,9 +1089,22 @@ class Ledger:
             version_id = self.db["versions"].insert(row).last_pk
             return self._require(version_id), True
 
-    def pending_dispositions(self, limit: int = 500) -> list[Version]:
-        """Closed or failed versions whose file still awaits its move."""
-        return self._versions("disposition = 'pending' ORDER BY id LIMIT ?", [limit])
+    def pending_dispositions(
+        self,
+        watches: Iterable[str] | None = None,
+        skip_ids: Iterable[int] = (),
+        limit: int = 500,
+    ) -> list[Version]:
+        """Closed or failed versions whose file still awaits its move, oldest
+        first: of `watches` only, when given, and leaving out `skip_ids` (moves
+        that failed and wait to be tried again), so that rows nobody can move
+        now never crowd out the ones that can."""
+        where = "disposition = 'pending' AND id NOT IN (SELECT value FROM json_each(?))"
+        params: list[Any] = [json.dumps(list(skip_ids))]
+        if watches is not None:
+            where += " AND watch IN (SELECT value FROM json_each(?))"
+            params.append(json.dumps(list(watches)))
+        return self._versions(where + " ORDER BY id LIMIT ?", [*params, limit])
 
     def counts(self) -> dict[str, int]:
         """How many versions are in each state."""

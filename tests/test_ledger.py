@@ -772,3 +772,17 @@ def test_counts_by_state(ledger: Ledger):
     ready(ledger, watch, "b.csv", mtime_ns=2)
     ledger.claim_next()
     assert ledger.counts() == {"ready": 1, "uploading": 1}
+
+
+def test_pending_moves_of_other_watches_or_waiting_a_retry_do_not_crowd_out(
+    ledger: Ledger,
+):
+    gone = make_watch(name="gone", task_id=TASK_A)
+    kept = make_watch(name="kept", task_id=TASK_B, path=Path("/srv/other"))
+    for n in range(3):
+        ledger.record_refused(gone, f"/srv/drop/{n}.csv", 1, n, n, 100 + n, "why")
+    stuck, _ = ledger.record_refused(kept, "/srv/other/stuck.csv", 1, 1, 1, 7, "why")
+    mine, _ = ledger.record_refused(kept, "/srv/other/mine.csv", 1, 1, 1, 8, "why")
+    assert len(ledger.pending_dispositions(limit=2)) == 2
+    found = ledger.pending_dispositions(watches=["kept"], skip_ids=[stuck.id], limit=1)
+    assert [v.id for v in found] == [mine.id]
