@@ -74,6 +74,7 @@ def run_daemon(
     files = make_files(workdir / "stage", count, workdir.name)
     with kit.daemon(config, workdir / "daemon.log") as daemon:
         daemon.wait_ready()
+        cpu_start = daemon.cpu_seconds()
         started = time.perf_counter()
         for path in files:
             os.rename(path, drop / path.name)
@@ -85,7 +86,10 @@ def run_daemon(
             return kit.ledger_counts(state).get("done", 0) >= count
 
         kit.wait_for(all_done, 60 + count, "every file done")
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        cpu = daemon.cpu_seconds() - cpu_start
+        print(f"    daemon CPU {cpu:.2f} s: {1000 * cpu / count:.2f} ms per file")
+        return elapsed
 
 
 def run_curl(hub: kit.Devhub, workdir: Path, count: int) -> float:

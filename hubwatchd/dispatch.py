@@ -174,8 +174,9 @@ class Dispatcher:
                 self._woken = False
 
     def _schedule(self) -> float:
-        """Start what can start; return how long to sleep before looking again."""
-        self.finish_dispositions()
+        """Start what can start, then do the moves that are due; return how
+        long to sleep before looking again. Uploads first: a move is never
+        urgent, and a task's next upload waits for this pass."""
         now = self._clock()
         with self._cond:
             watches = dict(self._watches)
@@ -194,6 +195,7 @@ class Dispatcher:
                 )
                 worker.start()
             due = self._ledger.next_due_at(skip_tasks=set(self._busy), watches=watches)
+        self.finish_dispositions()
         if due is None:
             return IDLE_WAIT
         return max(0.0, min(IDLE_WAIT, due - now))
