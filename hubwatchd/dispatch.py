@@ -268,16 +268,7 @@ class Dispatcher:
         if outcome.kind == "success" and self._changed(version, path):
             doubt = "the file changed while it was being sent"
         finished = self._ledger.finish(
-            version.id,
-            kind=outcome.kind,
-            status=outcome.status,
-            rows=outcome.rows,
-            retry_after=outcome.retry_after,
-            body_complete=outcome.body_complete,
-            bytes_sent=outcome.bytes_sent,
-            error=outcome.error,
-            sha256=sha,
-            doubt=doubt,
+            version.id, **outcome.ledger_fields(), sha256=sha, doubt=doubt
         )
         self._report(finished, watch, outcome, bound)
 

@@ -98,6 +98,18 @@ class Outcome:
     def ok(self) -> bool:
         return self.kind == "success"
 
+    def ledger_fields(self) -> dict[str, object]:
+        """What `Ledger.finish` records of this outcome, as keyword arguments."""
+        return {
+            "kind": self.kind,
+            "status": self.status,
+            "rows": self.rows,
+            "retry_after": self.retry_after,
+            "body_complete": self.body_complete,
+            "bytes_sent": self.bytes_sent,
+            "error": self.error,
+        }
+
 
 # --- answers ----------------------------------------------------------------
 

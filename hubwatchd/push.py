@@ -365,16 +365,7 @@ def _send_recorded(
         if outcome.ok and file.changed():
             doubt = "the file changed while it was being sent"
         version = ledger.finish(
-            version.id,
-            kind=outcome.kind,
-            status=outcome.status,
-            rows=outcome.rows,
-            retry_after=outcome.retry_after,
-            body_complete=outcome.body_complete,
-            bytes_sent=outcome.bytes_sent,
-            error=outcome.error,
-            sha256=sha,
-            doubt=doubt,
+            version.id, **outcome.ledger_fields(), sha256=sha, doubt=doubt
         )
         if version.state != "retry_wait":
             break
