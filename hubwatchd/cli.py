@@ -35,9 +35,15 @@ from hubwatchd.config import (
     render_toml,
     starter_config,
 )
-from hubwatchd.errors import ConfigError, FileRefused, LedgerError, LedgerLocked
+from hubwatchd.errors import (
+    ConfigError,
+    FileRefused,
+    LedgerError,
+    LedgerLocked,
+    Problem,
+)
 from hubwatchd.hub import HubClient, Outcome
-from hubwatchd.ledger import STATES, Ledger, Version
+from hubwatchd.ledger import STATES, Ledger, Version, check_local_filesystem
 from hubwatchd.push import (
     PushResult,
     PushTarget,
@@ -89,12 +95,23 @@ def load_or_exit(
         config = load_config(path, keys=filesystem if keys is None else keys)
     except ConfigError as exc:
         fail(str(exc), EX_CONFIG)
-    problems = check_filesystem(config) if filesystem else []
+    problems = _filesystem_problems(config) if filesystem else []
     if problems:
         fail(str(ConfigError(problems)), EX_CONFIG)
     for warning in config.warnings:
         click.echo(f"hubwatchd: warning: {warning}", err=True)
     return config
+
+
+def _filesystem_problems(config: Config) -> list[Problem]:
+    """check_filesystem's findings, and a state dir where SQLite is unsafe:
+    a config mistake (exit 78), not a crash to restart into."""
+    problems = check_filesystem(config)
+    try:
+        check_local_filesystem(config.daemon.state_dir)
+    except LedgerError as exc:
+        problems.append(Problem(str(config.source), "[daemon]", "state_dir", str(exc)))
+    return problems
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

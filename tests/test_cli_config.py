@@ -144,3 +144,26 @@ def test_init_rejects_bad_watch_flags(tmp_path, flag, words):
     assert result.returncode == 64
     assert words in result.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_a_state_dir_on_a_network_filesystem_is_a_config_error(
+    config_file, monkeypatch
+):
+    """run and check exit 78 (no restart loop) for a ledger on NFS or SMB.
+
+    No NFS mount can be had here, so the ledger's own check (tested against
+    mountinfo text in test_ledger.py) is made to answer as it would on NFS.
+    """
+    from click.testing import CliRunner
+
+    from hubwatchd import cli
+    from hubwatchd.errors import LedgerError
+
+    def on_nfs(state_dir):
+        raise LedgerError(f"state_dir {state_dir} is on a network filesystem (nfs4)")
+
+    monkeypatch.setattr(cli, "check_local_filesystem", on_nfs)
+    result = CliRunner().invoke(cli.main, ["check", "-c", str(config_file)])
+    assert result.exit_code == 78
+    assert "[daemon]: state_dir: " in result.output
+    assert "network filesystem (nfs4)" in result.output
