@@ -50,10 +50,10 @@ SCAN_EXTENSION = 30.0
 class DryRunClient:
     """Stands in for the hub in `run --dry-run`: logs, sends nothing."""
 
-    def upload(self, path: Path, **kwargs: Any) -> Outcome:
+    def upload(self, source: Any, **kwargs: Any) -> Outcome:
         log.info(
             "dryrun.would_upload",
-            path=str(path),
+            path=str(getattr(source, "name", source)),
             task_id=kwargs["task_id"],
             mode=kwargs["mode"],
             bytes=kwargs["size"],

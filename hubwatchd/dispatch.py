@@ -19,6 +19,7 @@ start.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 import time
@@ -29,12 +30,11 @@ from typing import Any, Protocol
 from hubwatchd import files, logs
 from hubwatchd.config import Config, WatchConfig
 from hubwatchd.errors import FileRefused
-from hubwatchd.hub import Outcome, ProgressLog
+from hubwatchd.hub import Outcome, ProgressLog, open_regular, sha256_fd
 from hubwatchd.ledger import Ledger, Version
 
 log = logs.get_logger(__name__)
 
-HASH_CHUNK = 1 << 20
 # A move that failed (disk full, permissions) is tried again after this long.
 MOVE_RETRY = 60.0
 # The longest the scheduler sleeps without being woken: a safety net only.
@@ -47,16 +47,7 @@ CANCEL_WAIT = 2.0
 class Uploader(Protocol):
     """What the dispatcher needs of a hub client (HubClient, or a dry run's)."""
 
-    def upload(self, path: Path, **kwargs: Any) -> Outcome: ...
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a whole file, read in 1 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def upload(self, source: Any, **kwargs: Any) -> Outcome: ...
 
 
 class Dispatcher:
@@ -222,17 +213,68 @@ class Dispatcher:
 
     def _upload(self, version: Version, watch: WatchConfig, bound: Any) -> None:
         path = Path(version.path)
-        if not self._still_same(version, path, bound):
+        handle = self._open(version, path, bound)
+        if handle is None:
             return
+        with handle:
+            outcome, sha = self._send(version, watch, handle, bound)
+            if outcome is None:
+                return
+            doubt = None
+            if outcome.kind == "success" and self._changed(version, handle):
+                doubt = "the file changed while it was being sent"
+        finished = self._ledger.finish(
+            version.id, **outcome.ledger_fields(), sha256=sha, doubt=doubt
+        )
+        self._report(finished, watch, outcome, bound)
 
+    def _open(self, version: Version, path: Path, bound: Any) -> io.FileIO | None:
+        """The queued version, opened once: what is checked is what is sent.
+
+        The descriptor is taken without following a symlink and compared
+        with the version's identity, so a file swapped in after it settled
+        (another file renamed over it, a folder replaced by a link) is never
+        sent in its place. Records why when it cannot be sent.
+        """
+        try:
+            fd = open_regular(path)
+        except FileRefused as exc:
+            if not os.path.lexists(path):
+                self._ledger.mark_failed(
+                    version.id, "the file disappeared before upload"
+                )
+                bound.warning("upload.vanished")
+            else:
+                self._ledger.mark_failed(version.id, exc.reason)
+                bound.warning("upload.refused", reason=exc.reason)
+            return None
+        handle = io.FileIO(fd, "rb", closefd=True)
+        handle.name = str(path)  # for the log lines; the descriptor is what counts
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (
+            version.size,
+            version.mtime_ns,
+            version.inode,
+        ):
+            handle.close()
+            # Its newer version gets its own row once it settles.
+            self._ledger.mark_superseded(version.id, "the file changed before upload")
+            bound.info("upload.stale")
+            return None
+        return handle
+
+    def _send(
+        self, version: Version, watch: WatchConfig, handle: io.FileIO, bound: Any
+    ) -> tuple[Outcome | None, str | None]:
+        """Dedupe, then the request; (None, sha) when the version was skipped."""
         sha: str | None = None
         if watch.dedupe and self._ledger.needs_prehash(version):
-            sha = sha256_file(path)
+            sha = sha256_fd(handle.fileno(), version.size)
             duplicate = self._ledger.duplicate_of(version, sha)
             if duplicate is not None:
                 self._ledger.mark_skipped(version.id, duplicate=duplicate, sha256=sha)
                 bound.info("upload.skipped", duplicate_of=duplicate.id)
-                return
+                return None, sha
 
         hasher = hashlib.sha256() if sha is None else None
         progress = ProgressLog(
@@ -242,35 +284,22 @@ class Dispatcher:
             watch=watch.name,
             task_id=version.task_id,
         )
-        try:
-            outcome = self._client.upload(
-                path,
-                task_id=version.task_id,
-                mode=version.mode,
-                api_key=watch.api_key,
-                size=version.size,
-                json_raw=watch.json_upload == "raw",
-                hasher=hasher,
-                progress=progress,
-                cancel=self._cancel,
-                on_body_sent=lambda: self._ledger.mark_body_sent(version.id),
-            )
-        except FileRefused as exc:
-            # It changed since the check above (unreadable now, or no longer
-            # a regular file): refuse it as the settler would, rather than
-            # release it to be claimed again at once, forever.
-            self._ledger.mark_failed(version.id, exc.reason)
-            bound.warning("upload.refused", reason=exc.reason)
-            return
+        outcome = self._client.upload(
+            handle,
+            task_id=version.task_id,
+            mode=version.mode,
+            api_key=watch.api_key,
+            size=version.size,
+            json_raw=watch.json_upload == "raw",
+            hasher=hasher,
+            progress=progress,
+            cancel=self._cancel,
+            on_body_sent=lambda: self._ledger.mark_body_sent(version.id),
+            filename=Path(version.path).name,
+        )
         if hasher is not None and outcome.body_complete:
             sha = hasher.hexdigest()
-        doubt = None
-        if outcome.kind == "success" and self._changed(version, path):
-            doubt = "the file changed while it was being sent"
-        finished = self._ledger.finish(
-            version.id, **outcome.ledger_fields(), sha256=sha, doubt=doubt
-        )
-        self._report(finished, watch, outcome, bound)
+        return outcome, sha
 
     def _report(
         self, version: Version, watch: WatchConfig, outcome: Outcome, bound: Any
@@ -297,32 +326,12 @@ class Dispatcher:
                 next_attempt_at=version.next_attempt_at,
             )
 
-    def _still_same(self, version: Version, path: Path, bound: Any) -> bool:
-        """The file is still the version that was queued; else record why not."""
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            self._ledger.mark_failed(version.id, "the file disappeared before upload")
-            bound.warning("upload.vanished")
-            return False
-        same = (st.st_size, st.st_mtime_ns, st.st_ino) == (
-            version.size,
-            version.mtime_ns,
-            version.inode,
-        )
-        if not same:
-            # Its newer version gets its own row once it settles.
-            self._ledger.mark_superseded(version.id, "the file changed before upload")
-            bound.info("upload.stale")
-        return same
-
-    def _changed(self, version: Version, path: Path) -> bool:
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            return False  # gone after a complete send: what was sent stands
-        now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        return now != (version.size, version.mtime_ns, version.ctime_ns, version.inode)
+    def _changed(self, version: Version, handle: io.FileIO) -> bool:
+        """The open file was written to while it was sent (what went out may
+        mix old and new bytes)."""
+        st = os.fstat(handle.fileno())
+        now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return now != (version.size, version.mtime_ns, version.ctime_ns)
 
     # --- after the ledger has spoken ------------------------------------
 

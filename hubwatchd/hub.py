@@ -530,6 +530,20 @@ def _descriptor(source: Path | BinaryIO) -> Iterator[int]:
         os.close(fd)
 
 
+def sha256_fd(fd: int, size: int) -> str:
+    """The SHA-256 of the first `size` bytes of an open file, read with pread
+    in CHUNK_SIZE pieces (the file position is left alone)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(CHUNK_SIZE, size - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
 def open_regular(path: Path, shown: Path | None = None) -> int:
     """A read-only descriptor for a regular file, never through a symlink.
 

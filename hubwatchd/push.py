@@ -60,7 +60,7 @@ from typing import Any, BinaryIO
 from hubwatchd import logs, settle
 from hubwatchd.config import HUB_MAX_BYTES, Config, Secret, WatchConfig
 from hubwatchd.errors import FileRefused, IllegalTransition, LedgerError
-from hubwatchd.hub import CONTENT_TYPES, HubClient, Outcome, open_regular
+from hubwatchd.hub import CONTENT_TYPES, HubClient, Outcome, open_regular, sha256_fd
 from hubwatchd.ledger import Ledger, Version
 from hubwatchd.retry import RetryPolicy
 
@@ -69,7 +69,6 @@ log = logs.get_logger(__name__)
 # The ledger's watch name for a file pushed from outside every watch; the
 # parentheses keep it apart from every configured watch's name.
 PUSH_WATCH = "(push)"
-HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -457,16 +456,7 @@ def _close_adhoc(ledger: Ledger, version: Version) -> Version:
 
 
 def _sha256(file: PushFile) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    fd = file.handle.fileno()
-    while offset < file.size:
-        chunk = os.pread(fd, min(HASH_CHUNK, file.size - offset), offset)
-        if not chunk:
-            break
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()
+    return sha256_fd(file.handle.fileno(), file.size)
 
 
 # --- without the ledger -------------------------------------------------------

@@ -3,6 +3,7 @@ whose behaviour each test chooses: what an end-to-end run cannot pin down."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,6 @@ from watchkit import make_watch
 from hubwatchd import files
 from hubwatchd.config import Config, DaemonConfig, HubConfig, RetryConfig
 from hubwatchd.dispatch import Dispatcher
-from hubwatchd.errors import FileRefused
 from hubwatchd.hub import Outcome
 from hubwatchd.ledger import Ledger, Version
 from hubwatchd.retry import RetryPolicy
@@ -28,7 +28,9 @@ class FakeHub:
         self.answer = answer
         self.calls: list[Path] = []
 
-    def upload(self, path: Path, **kwargs: Any) -> Outcome:
+    def upload(self, source: Any, **kwargs: Any) -> Outcome:
+        # The dispatcher hands over the file it opened and checked.
+        path = Path(source.name)
         self.calls.append(path)
         return self.answer(path, kwargs)
 
@@ -106,22 +108,41 @@ def test_only_the_scheduler_thread_moves_files(make_rig, monkeypatch):
     assert list(rig.folder.glob("*.csv")) == []
 
 
-def test_a_file_the_client_refuses_is_failed_not_claimed_again(make_rig):
-    # Between the dispatcher's check and the client's open, the file became
-    # unreadable: refused, once, and moved to the failed folder.
-    def refuse(path: Path, _kwargs: dict[str, Any]) -> Outcome:
-        raise FileRefused(f"{path}: cannot open: Permission denied")
-
-    hub = FakeHub(refuse)
+def test_a_file_swapped_for_a_link_after_it_settled_is_refused_not_sent(
+    make_rig, tmp_path
+):
+    # An SFTP user can replace a settled file with a link to any file: it is
+    # never opened through the link, refused once, and the failed folder
+    # says why.
+    hub = FakeHub(success)
     rig = make_rig(hub)
+    version = rig.drop("swapped.csv")
+    secret = tmp_path / "secret.csv"
+    secret.write_text("not,theirs\n1,2\n")
+    (rig.folder / "swapped.csv").unlink()
+    (rig.folder / "swapped.csv").symlink_to(secret)
     rig.dispatcher.start()
-    version = rig.drop("locked.csv")
 
     poll(lambda: rig.state(version).disposition == "failed_folder", what="failed")
     assert rig.state(version).state == "failed"
-    assert "Permission denied" in rig.state(version).last_error
-    assert hub.calls == [rig.folder / "locked.csv"]
-    assert (rig.folder / ".hubwatchd-failed" / "locked.csv.reason.txt").exists()
+    assert "cannot open" in rig.state(version).last_error
+    assert hub.calls == []
+    assert (rig.folder / ".hubwatchd-failed" / "swapped.csv.reason.txt").exists()
+
+
+def test_a_file_renamed_over_after_it_settled_is_not_sent_in_its_place(make_rig):
+    # Another file of the same size renamed over it: the descriptor's inode
+    # tells them apart; the newcomer gets its own version when it settles.
+    hub = FakeHub(success)
+    rig = make_rig(hub)
+    version = rig.drop("daily.csv", "a,b\n1,2\n")
+    newcomer = rig.folder / "daily.csv.tmp"
+    newcomer.write_text("a,b\n9,9\n")
+    os.rename(newcomer, rig.folder / "daily.csv")
+    rig.dispatcher.start()
+
+    poll(lambda: rig.state(version).state == "superseded", what="superseded")
+    assert hub.calls == []
 
 
 def test_stop_cancels_a_body_still_streaming_and_records_it(make_rig):
