@@ -781,11 +781,14 @@ class Settler:
         if verdict.action == "ready" and verdict.candidate is not None:
             candidate = verdict.candidate
             calls.append(lambda: self._on_ready(config, candidate))
-            log.info(
+            # DEBUG: the daemon logs file.ready (once per version) at INFO.
+            log.debug(
                 "settle.ready", watch=config.name, path=entry.path, bytes=candidate.size
             )
         elif verdict.action == "refused":
-            log.warning(
+            # DEBUG: the daemon logs file.refused (once per version), then
+            # file.failed when the file is in the failed folder.
+            log.debug(
                 "settle.refused",
                 watch=config.name,
                 path=entry.path,
