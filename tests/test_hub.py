@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import http.server
 import io
@@ -12,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -635,3 +637,34 @@ def test_tls_is_verified_without_a_ca_bundle(tls_hub, tmp_path, monkeypatch):
         outcome = upload(client, path)
     assert (outcome.kind, outcome.status) == ("retry", None)
     assert "CERTIFICATE_VERIFY_FAILED" in outcome.error
+
+
+def hash_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "hubwatchd-hash"]
+
+
+def test_a_large_body_is_hashed_beside_the_send_exactly(devhub, tmp_path):
+    # Above HASH_BESIDE_ABOVE the hash runs in a thread of its own; it must
+    # still see every byte, in order, and be done when upload() returns.
+    path = big_csv(tmp_path, 24)
+    hasher = hashlib.sha256()
+    with client_for(devhub) as client:
+        outcome = upload(client, path, hasher=hasher)
+    assert outcome.kind == "success"
+    assert hasher.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+    (request,) = devhub.requests()
+    assert request["sha256"] == hasher.hexdigest()
+    assert hash_threads() == []
+
+
+def test_the_hash_thread_ends_when_the_connection_is_cut(devhub, tmp_path):
+    devhub.set_fault("cut", after_bytes=100_000)
+    path = big_csv(tmp_path, 32)
+    with client_for(devhub) as client:
+        outcome = upload(client, path, hasher=hashlib.sha256())
+    assert not outcome.body_complete
+    gc.collect()  # a body httpx dropped unfinished is closed when collected
+    deadline = time.monotonic() + 10
+    while hash_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hash_threads() == []
