@@ -55,6 +55,9 @@ from hubwatchd.retry import RetryPolicy
 log = logs.get_logger(__name__)
 
 DB_NAME = "ledger.db"
+# The watch name `hubwatchd push` records files outside every watch under;
+# no configured watch can have it (parentheses are not allowed in names).
+ADHOC_WATCH = "(push)"
 LOCK_NAME = "hubwatchd.lock"
 
 STATES = (
@@ -817,10 +820,12 @@ class Ledger:
     # --- outcomes -------------------------------------------------------------
 
     def mark_body_sent(self, version_id: int, bytes_sent: int | None = None) -> None:
-        """Record, durably, that the whole body of the current attempt was sent.
+        """Record, durably, that the hub may have the whole body of the current
+        attempt: the client calls this just before the last piece leaves.
 
         After a crash, `recover` turns an append-mode upload with this mark
-        into `in_doubt` instead of queueing it again.
+        into `in_doubt` instead of queueing it again. While the process lives,
+        `finish` goes by the outcome's own `body_complete` instead.
         """
         with self._write(durable=True):
             version = self._require(version_id)
@@ -1138,9 +1143,12 @@ class Ledger:
     def recover(self, *, now: float | None = None) -> dict[str, int]:
         """On start: every `uploading` version goes back in the queue (`ready`),
         except an append whose whole body had been sent, which becomes
-        `in_doubt` until an operator decides. Returns counts by new state."""
+        `in_doubt` until an operator decides, and a `hubwatchd push` of a
+        file outside every watch (ADHOC_WATCH), which no daemon will upload:
+        it becomes `failed` (its file kept), so it cannot hold its task's
+        queue. Returns counts by new state."""
         now = self._now(now)
-        counts = {"ready": 0, "in_doubt": 0}
+        counts = {"ready": 0, "in_doubt": 0, "failed": 0}
         with self._write(durable=True):
             for version in self._versions("state = 'uploading'"):
                 attempt = self._open_attempt(version.id)
@@ -1155,6 +1163,16 @@ class Ledger:
                         version, "in_doubt", note=note, attempts=version.attempts + 1
                     )
                     counts["in_doubt"] += 1
+                elif version.watch == ADHOC_WATCH:
+                    self._move(
+                        version,
+                        "failed",
+                        attempts=version.attempts + 1,
+                        last_error="push was interrupted before an answer; "
+                        "push the file again",
+                        disposition="kept",
+                    )
+                    counts["failed"] += 1
                 else:
                     self._move(version, "ready", attempts=version.attempts + 1)
                     counts["ready"] += 1

@@ -61,14 +61,14 @@ from hubwatchd import logs, settle
 from hubwatchd.config import HUB_MAX_BYTES, Config, Secret, WatchConfig
 from hubwatchd.errors import FileRefused, IllegalTransition, LedgerError
 from hubwatchd.hub import CONTENT_TYPES, HubClient, Outcome, open_regular, sha256_fd
-from hubwatchd.ledger import Ledger, Version
+from hubwatchd.ledger import ADHOC_WATCH, Ledger, Version
 from hubwatchd.retry import RetryPolicy
 
 log = logs.get_logger(__name__)
 
 # The ledger's watch name for a file pushed from outside every watch; the
 # parentheses keep it apart from every configured watch's name.
-PUSH_WATCH = "(push)"
+PUSH_WATCH = ADHOC_WATCH
 
 
 @dataclass(frozen=True)

@@ -384,7 +384,7 @@ def test_recover_requeues_replace_and_holds_append_with_a_sent_body(ledger: Ledg
     ledger.claim_next()
     ledger.mark_body_sent(replace.id)
     ledger.mark_body_sent(sent.id)
-    assert ledger.recover() == {"ready": 1, "in_doubt": 1}
+    assert ledger.recover() == {"ready": 1, "in_doubt": 1, "failed": 0}
 
     assert ledger.get(replace.id).state == "ready"
     doubt = ledger.get(sent.id)
@@ -786,3 +786,20 @@ def test_pending_moves_of_other_watches_or_waiting_a_retry_do_not_crowd_out(
     assert len(ledger.pending_dispositions(limit=2)) == 2
     found = ledger.pending_dispositions(watches=["kept"], skip_ids=[stuck.id], limit=1)
     assert [v.id for v in found] == [mine.id]
+
+
+def test_recover_fails_an_interrupted_push_outside_every_watch(ledger: Ledger):
+    """No daemon uploads a "(push)" version: queued again, it would hold its
+    task's queue for good; it is failed, its file left where it is."""
+    from hubwatchd.ledger import ADHOC_WATCH
+
+    adhoc = make_watch(name=ADHOC_WATCH, mode="replace")
+    pushed = ready(ledger, adhoc, "by-hand.csv")
+    ledger.claim(pushed.id)
+    assert ledger.recover() == {"ready": 0, "in_doubt": 0, "failed": 1}
+    closed = ledger.get(pushed.id)
+    assert closed.state == "failed" and closed.disposition == "kept"
+    assert "push the file again" in closed.last_error
+    watch = make_watch(mode="replace")
+    queued = ready(ledger, watch, "nightly.csv", mtime_ns=5)
+    assert ledger.claim_next(watches={watch.name}).id == queued.id

@@ -132,6 +132,6 @@ def test_recover_holds_a_marked_append_whose_body_may_be_whole(ledger: Ledger):
     version = ready(ledger, make_watch(mode="append"), "1.csv")
     ledger.claim(version.id)
     ledger.mark_body_sent(version.id)
-    assert ledger.recover() == {"ready": 0, "in_doubt": 1}
+    assert ledger.recover() == {"ready": 0, "in_doubt": 1, "failed": 0}
     assert ledger.get(version.id).state == "in_doubt"
     assert ledger.claim_next() is None
