@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import tomli_w
 
-from hubwatchd import logs
+from hubwatchd import logs, mounts
 from hubwatchd.errors import ConfigError, Problem
 
 DEFAULT_CONFIG_PATH = Path("/etc/hubwatchd/config.toml")
@@ -769,12 +769,15 @@ class _Reader:
         return tuple(value)
 
 
-def check_filesystem(config: Config) -> list[Problem]:
+def check_filesystem(config: Config, mountinfo: str | None = None) -> list[Problem]:
     """What only the disk can tell: folders, permissions, filesystems.
 
-    Returns the problems found (empty when all is well); never raises for
-    a problem it can describe.
+    `mountinfo` is the mount table's text (default: this process's). Returns
+    the problems found (empty when all is well); never raises for a problem
+    it can describe.
     """
+    if mountinfo is None:
+        mountinfo = mounts.read_mountinfo()
     problems: list[Problem] = []
     source = str(config.source)
 
@@ -835,6 +838,15 @@ def check_filesystem(config: Config) -> list[Problem]:
                     f"{folder} is on another filesystem than {watch.path}; "
                     "moving a file "
                     "there would become a copy. Put it on the same filesystem",
+                )
+            elif _other_mount(watch.path, parent, mountinfo):
+                add(
+                    place,
+                    key,
+                    f"{folder} is on another mount than {watch.path} (the same "
+                    "filesystem mounted twice, as systemd's ReadWritePaths= "
+                    "does): a rename between them fails. Keep it inside the "
+                    "watch's mount",
                 )
             elif not os.access(parent, os.W_OK | os.X_OK):
                 add(place, key, f"{parent} is not writable by this user")
@@ -983,6 +995,13 @@ def _group_or_other_readable(path: Path) -> bool:
         return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
     except OSError:
         return False
+
+
+def _other_mount(path: Path, other: Path, mountinfo: str | None) -> bool:
+    if mountinfo is None:
+        return False
+    here, there = mounts.mount_of(path, mountinfo), mounts.mount_of(other, mountinfo)
+    return here is not None and there is not None and here.mount_id != there.mount_id
 
 
 def _real(path: Path) -> Path:

@@ -35,7 +35,6 @@ import fcntl
 import json
 import os
 import random
-import re
 import sqlite3
 import threading
 import time
@@ -47,7 +46,7 @@ from typing import Any
 
 from sqlite_utils import Database, Migrations
 
-from hubwatchd import logs
+from hubwatchd import logs, mounts
 from hubwatchd.config import WatchConfig, format_duration
 from hubwatchd.errors import IllegalTransition, LedgerError, LedgerLocked
 from hubwatchd.retry import RetryPolicy
@@ -271,27 +270,12 @@ def _m0001(db: Database) -> None:
 
 
 def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
-    """The type of the filesystem holding `path`, from /proc/self/mountinfo."""
+    """The type of the filesystem holding `path`; `mountinfo` is the mount
+    table's text (default: this process's)."""
     if mountinfo is None:
-        mountinfo = Path("/proc/self/mountinfo").read_text(encoding="utf-8")
-    target = os.path.realpath(path)
-    best, fstype = "", "unknown"
-    for line in mountinfo.splitlines():
-        parts = line.split(" - ", 1)
-        if len(parts) != 2 or len(parts[0].split()) < 5:
-            continue
-        mount_point = _unescape_mount(parts[0].split()[4])
-        inside = target == mount_point or target.startswith(
-            mount_point.rstrip("/") + "/"
-        )
-        # Equal lengths: a later line is a mount over the earlier one.
-        if inside and len(mount_point) >= len(best):
-            best, fstype = mount_point, parts[1].split()[0]
-    return fstype
-
-
-def _unescape_mount(text: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+        mountinfo = mounts.read_mountinfo() or ""
+    found = mounts.mount_of(path, mountinfo)
+    return found.fstype if found is not None else "unknown"
 
 
 def check_local_filesystem(state_dir: Path, mountinfo: str | None = None) -> None:

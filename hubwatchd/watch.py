@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -46,12 +45,12 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
-from hubwatchd import logs, settle
+from hubwatchd import logs, mounts, settle
 from hubwatchd.config import WatchConfig
 
 log = logs.get_logger(__name__)
 
-MOUNTINFO = "/proc/self/mountinfo"
+MOUNTINFO = mounts.MOUNTINFO
 MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 
@@ -115,29 +114,12 @@ class EventSink(Protocol):
 # --- filesystems -----------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def filesystem_type(path: str | Path, mountinfo: str = MOUNTINFO) -> str | None:
-    """The type of the filesystem holding `path` (longest mount-point prefix)."""
-    target = os.path.realpath(path)
-    best, best_type = "", None
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    for line in lines:
-        left, sep, right = line.partition(" - ")
-        fields = left.split()
-        if not sep or len(fields) < 5 or not right.split():
-            continue
-        point = _unescape(fields[4])
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, best_type = point, right.split()[0]
-    return best_type
+    """The type of the filesystem holding `path`; `mountinfo` is the table's
+    file. None when it cannot be read."""
+    text = mounts.read_mountinfo(mountinfo)
+    found = mounts.mount_of(path, text) if text is not None else None
+    return found.fstype if found is not None else None
 
 
 def is_remote(fstype: str | None) -> bool:

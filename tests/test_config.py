@@ -547,3 +547,27 @@ def test_keys_can_be_left_unread(site):
         load_config(path, environ={})
     config = load_config(path, environ={}, keys=False)
     assert config.watch("acme").api_key.value == ""
+
+
+def test_archive_on_another_mount_of_the_same_filesystem(site):
+    """st_dev cannot see a bind mount; the mount table can. Two mounts of one
+    ext4 device: the watch folder in one, the archive folder in the other."""
+    (site / "elsewhere").mkdir()
+    mountinfo = (
+        "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        f"40 22 254:0 {site} {site} rw,relatime - ext4 /dev/vda rw\n"
+        f"41 22 254:0 {site}/elsewhere {site}/elsewhere rw - ext4 /dev/vda rw\n"
+    )
+    data = base(site)
+    data["watch"][0]["archive_dir"] = str(site / "elsewhere" / "archive")
+    config = load_config(write(site, data), environ={})
+    problems = [str(p) for p in check_filesystem(config, mountinfo)]
+    assert any(
+        "archive_dir: " in p and "another mount" in p and W1.split(" #")[0] in p
+        for p in problems
+    ), problems
+    same_mount = (
+        "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+        f"40 22 254:0 {site} {site} rw,relatime - ext4 /dev/vda rw\n"
+    )
+    assert check_filesystem(config, same_mount) == []
