@@ -12,7 +12,7 @@ from hubwatchd.config import Secret, WatchConfig
 from hubwatchd.settle import Candidate
 
 TASK_ID = "0f8e3a52-6c1d-4a8e-9a53-2c1b7d1e9f40"
-WAIT = 15.0  # the longest any test waits for something that must happen
+WAIT = 30.0  # the longest any test waits for what must happen, on a busy machine too
 
 
 def make_watch(path: Path, name: str = "w", **options: Any) -> WatchConfig:
