@@ -192,6 +192,33 @@ class Dispatcher:
         return max(0.0, min(IDLE_WAIT, due - now))
 
     def _run(self, version: Version, watch: WatchConfig) -> None:
+        """Upload `version`, then go on with its task's next due version in
+        this same thread while there is one: a backlog of one task needs no
+        scheduler pass and no new thread per file."""
+        task_id = version.task_id
+        try:
+            while True:
+                self._run_one(version, watch)
+                with self._cond:
+                    self._woken = True  # the scheduler does the moves
+                    self._cond.notify_all()
+                    if self._stopping.is_set():
+                        return
+                    watches = dict(self._watches)
+                    version = self._ledger.claim_next(
+                        self._clock(), only_task=task_id, watches=watches
+                    )
+                    if version is None:
+                        return
+                    watch = watches[version.watch]
+                    self._busy[task_id] = version.path
+        finally:
+            with self._cond:
+                self._busy.pop(task_id, None)
+                self._woken = True
+                self._cond.notify_all()
+
+    def _run_one(self, version: Version, watch: WatchConfig) -> None:
         bound = log.bind(
             watch=watch.name, task_id=version.task_id, path=version.path, id=version.id
         )
@@ -203,11 +230,6 @@ class Dispatcher:
                 self._ledger.release(version.id, "internal error before the upload")
             except Exception:
                 bound.exception("ledger.release_failed")
-        finally:
-            with self._cond:
-                self._busy.pop(version.task_id, None)
-                self._woken = True
-                self._cond.notify_all()
 
     # --- one upload -----------------------------------------------------
 

@@ -587,7 +587,10 @@ class Ledger:
     # --- the queue ----------------------------------------------------------
 
     def _heads(
-        self, skip_tasks: Iterable[str], watches: Iterable[str] | None = None
+        self,
+        skip_tasks: Iterable[str],
+        watches: Iterable[str] | None = None,
+        only_task: str | None = None,
     ) -> list[Version]:
         """The first waiting version of each task not busy, in ready order.
 
@@ -611,7 +614,14 @@ class Ledger:
         allowed = None if watches is None else set(watches)
         heads = []
         with self._lock:
-            tasks = [row[0] for row in self.db.conn.execute(tasks_sql)]
+            if only_task is not None:
+                busy = self.db.conn.execute(
+                    "SELECT 1 FROM versions WHERE task_id = ? AND state = 'uploading'",
+                    [only_task],
+                ).fetchone()
+                tasks = [] if busy else [only_task]
+            else:
+                tasks = [row[0] for row in self.db.conn.execute(tasks_sql)]
             for task_id in tasks:
                 if task_id in skip:
                     continue
@@ -632,9 +642,12 @@ class Ledger:
         now: float | None = None,
         skip_tasks: Iterable[str] = (),
         watches: Iterable[str] | None = None,
+        only_task: str | None = None,
     ) -> Version | None:
         """The next version to upload, committed `uploading` first (at NORMAL:
         see the module docstring for why that is durable enough).
+        `only_task` limits it to that task (a worker going on with its
+        task's backlog).
 
         Takes the first due version of a task with nothing uploading and not
         in `skip_tasks`, in per-task order (ready time, mtime, path). For a
@@ -644,7 +657,7 @@ class Ledger:
         """
         now = self._now(now)
         with self._write():
-            heads = self._heads(skip_tasks, watches)
+            heads = self._heads(skip_tasks, watches, only_task)
             due = [h for h in heads if self._due_at(h) <= now]
             if not due:
                 return None

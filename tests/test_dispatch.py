@@ -210,3 +210,23 @@ def test_what_finishes_during_the_grace_is_archived_before_stop_returns(make_rig
     assert rig.state(version).state == "done"
     assert rig.state(version).disposition == "archived"
     assert not (rig.folder / "a.csv").exists()
+
+
+def test_a_task_backlog_is_served_in_order_by_one_worker(make_rig):
+    # Five files of one task, all due before the dispatcher starts: the
+    # worker that takes the first goes on with the rest, in ready order,
+    # without a scheduler pass and a new thread per file.
+    threads: list[str] = []
+
+    def answer(_path: Path, _kwargs: dict[str, Any]) -> Outcome:
+        threads.append(threading.current_thread().name)
+        return Outcome("success", status=200, rows=1, body_complete=True)
+
+    hub = FakeHub(answer)
+    rig = make_rig(hub)
+    versions = [rig.drop(f"f{n}.csv", f"n\n{n}\n") for n in range(5)]
+    rig.dispatcher.start()
+
+    poll(lambda: all(rig.state(v).state == "done" for v in versions), what="done")
+    assert hub.calls == [rig.folder / f"f{n}.csv" for n in range(5)]
+    assert len(set(threads)) == 1

@@ -803,3 +803,15 @@ def test_recover_fails_an_interrupted_push_outside_every_watch(ledger: Ledger):
     watch = make_watch(mode="replace")
     queued = ready(ledger, watch, "nightly.csv", mtime_ns=5)
     assert ledger.claim_next(watches={watch.name}).id == queued.id
+
+
+def test_claim_next_for_one_task_only_and_never_beside_an_upload(ledger: Ledger):
+    a = make_watch(name="a", task_id=TASK_A, mode="append")
+    b = make_watch(name="b", task_id=TASK_B, mode="append", path=Path("/srv/b"))
+    ready(ledger, a, "a1.csv", mtime_ns=1)
+    b1 = ready(ledger, b, "b1.csv", mtime_ns=2)
+    b2 = ready(ledger, b, "b2.csv", mtime_ns=3)
+    assert ledger.claim_next(only_task=TASK_B).id == b1.id
+    assert ledger.claim_next(only_task=TASK_B) is None  # b1 is uploading
+    ledger.finish(b1.id, kind="success", status=200)
+    assert ledger.claim_next(only_task=TASK_B).id == b2.id
