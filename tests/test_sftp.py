@@ -119,7 +119,9 @@ def finished_upload(
     a count taken now is final."""
 
     def archived() -> bool:
-        return any(v.disposition == "archived" for v in daemon.versions(WATCH, remote))
+        return any(
+            v.disposition == "archived" for v in daemon.versions_at(WATCH, remote)
+        )
 
     wait_for(f"{remote.name} uploaded and archived", archived)
     assert not remote.exists()
@@ -204,7 +206,7 @@ def test_upload_under_a_temp_name_goes_out_once_after_the_rename(
     assert devhub.tables()[SALES_TABLE] == rows
     # The rename is the file's last change, so its ctime is when the final
     # name appeared; the upload came after that.
-    (version,) = daemon.versions(WATCH, remote)
+    (version,) = daemon.versions_at(WATCH, remote)
     assert version.state == "done"
     assert version.started_at is not None
     assert version.started_at > version.ctime_ns / 1e9
@@ -246,7 +248,7 @@ def test_cut_off_upload_without_its_marker_is_never_sent(
     def held() -> Version | None:
         if daemon.events("file.ready"):
             pytest.fail(f"the cut-off file was judged ready:\n{daemon.log()}")
-        versions = daemon.versions(WATCH, remote)
+        versions = daemon.versions_at(WATCH, remote)
         return next((v for v in versions if v.note == "waiting for big.csv.done"), None)
 
     version = wait_for("the daemon to hold the cut-off file", held)
@@ -262,7 +264,7 @@ def test_cut_off_upload_without_its_marker_is_never_sent(
         assert devhub.requests() == []
         assert daemon.events("file.ready") == []
         time.sleep(POLL)
-    assert [v.state for v in daemon.versions(WATCH, remote)] == ["detected"]
+    assert [v.state for v in daemon.versions_at(WATCH, remote)] == ["detected"]
 
     # The partner sends it again, whole, then the marker: one upload.
     sshd.upload(source, remote)
