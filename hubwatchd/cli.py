@@ -38,6 +38,7 @@ from hubwatchd.config import (
 from hubwatchd.errors import (
     ConfigError,
     FileRefused,
+    HubwatchdError,
     LedgerError,
     LedgerLocked,
     Problem,
@@ -709,16 +710,15 @@ def explain(config_path: Path | None, as_json: bool, path: Path) -> None:
 def run(config_path: Path | None, dry_run: bool) -> None:
     """Run the daemon in the foreground (this is what systemd starts)."""
     from hubwatchd.daemon import Daemon
-    from hubwatchd.errors import LedgerError
 
     config = load_or_exit(config_path)
     logs.configure(config.daemon.log_format, config.daemon.log_level)
     try:
         code = Daemon(config, dry_run=dry_run).run()
-    except LedgerError as exc:
-        fail(
-            str(exc), EX_SOFTWARE if not isinstance(exc, LedgerLocked) else EX_TEMPFAIL
-        )
+    except LedgerLocked as exc:
+        fail(str(exc), EX_TEMPFAIL)  # another daemon may stop; try again later
+    except HubwatchdError as exc:
+        fail(str(exc), EX_SOFTWARE)
     sys.exit(code)
 
 

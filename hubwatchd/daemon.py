@@ -32,7 +32,7 @@ from typing import Any
 from hubwatchd import logs, systemd
 from hubwatchd.config import Config, check_filesystem, load_config
 from hubwatchd.dispatch import Dispatcher
-from hubwatchd.errors import ConfigError
+from hubwatchd.errors import ConfigError, HubwatchdError
 from hubwatchd.hub import HubClient, Outcome
 from hubwatchd.ledger import DB_NAME, Ledger, StateLock
 from hubwatchd.retry import RetryPolicy
@@ -135,6 +135,8 @@ class Daemon:
         self._settler.start()
         self._watcher.start()
         while not self._watcher.scanned.wait(SCAN_EXTENSION / 3):
+            if not self._watcher.alive():
+                raise HubwatchdError("the watcher stopped during the first scan")
             systemd.extend_timeout(SCAN_EXTENSION)
         self._dispatcher.start()
         systemd.ready()
