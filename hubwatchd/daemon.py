@@ -319,6 +319,8 @@ class Daemon:
     # --- stop -----------------------------------------------------------
 
     def _stop(self) -> None:
+        if self._lock is None:
+            return  # nothing was started: the state dir was not ours
         systemd.stopping()
         if self._watcher is not None:
             self._watcher.stop()

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -341,11 +342,13 @@ class Dispatcher:
                 f" or hubwatchd forget {version.id}",
             )
         elif version.state == "retry_wait":
+            at = version.next_attempt_at or 0.0
             bound.warning(
                 "upload.retrying",
                 error=outcome.error,
                 attempts=version.attempts,
-                next_attempt_at=version.next_attempt_at,
+                next_attempt_at=datetime.fromtimestamp(at, UTC).isoformat(),
+                in_seconds=round(max(0.0, at - self._clock()), 1),
             )
 
     def _changed(self, version: Version, handle: io.FileIO) -> bool:
