@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from hubwatchd import files, logs
+from hubwatchd import files, logs, settle
 from hubwatchd.config import Config, WatchConfig
 from hubwatchd.errors import FileRefused
 from hubwatchd.hub import Outcome, ProgressLog, open_regular, sha256_fd
@@ -236,7 +236,7 @@ class Dispatcher:
 
     def _upload(self, version: Version, watch: WatchConfig, bound: Any) -> None:
         path = Path(version.path)
-        handle = self._open(version, path, bound)
+        handle = self._open(version, watch, path, bound)
         if handle is None:
             return
         with handle:
@@ -251,7 +251,9 @@ class Dispatcher:
         )
         self._report(finished, watch, outcome, bound)
 
-    def _open(self, version: Version, path: Path, bound: Any) -> io.FileIO | None:
+    def _open(
+        self, version: Version, watch: WatchConfig, path: Path, bound: Any
+    ) -> io.FileIO | None:
         """The queued version, opened once: what is checked is what is sent.
 
         The descriptor is taken without following a symlink and compared
@@ -283,6 +285,13 @@ class Dispatcher:
             # Its newer version gets its own row once it settles.
             self._ledger.mark_superseded(version.id, "the file changed before upload")
             bound.info("upload.stale")
+            return None
+        try:
+            settle.check_open(watch, version.path, fd, version.size)
+        except FileRefused as exc:
+            handle.close()
+            self._ledger.mark_failed(version.id, exc.reason)
+            bound.warning("upload.refused", reason=exc.reason)
             return None
         return handle
 
@@ -387,7 +396,7 @@ class Dispatcher:
         try:
             if version.state == "failed":
                 reason = version.last_error or "refused"
-                target = files.move_to_failed(watch, path, reason)
+                target = files.move_to_failed(watch, path, reason, version.id)
                 self._ledger.set_disposition(version.id, "failed_folder", target)
                 log.error(
                     "file.failed",

@@ -46,7 +46,9 @@ def delete(watch: WatchConfig, path: Path) -> None:
             victim.unlink()
 
 
-def move_to_failed(watch: WatchConfig, path: Path, reason: str) -> Path:
+def move_to_failed(
+    watch: WatchConfig, path: Path, reason: str, version_id: int | None = None
+) -> Path:
     """Move `path` into the failed folder with NAME.reason.txt beside it.
 
     A path that is gone (or never was a regular file we may move, such as a
@@ -66,8 +68,10 @@ def move_to_failed(watch: WatchConfig, path: Path, reason: str) -> Path:
         f"when:   {stamp}\n"
         f"why:    {reason}\n"
         "\n"
-        "To try again, fix the file and drop it into the watched folder again,\n"
-        "or run: hubwatchd retry --failed\n"
+        "To try again, put the file back into the watched folder. A changed\n"
+        "(fixed) file is picked up by itself. To send it unchanged, move it\n"
+        f"back, then run: hubwatchd retry {version_id or 'ID'}\n"
+        "(hubwatchd history --state failed lists the ids).\n"
     )
     reason_path = moved.with_name(moved.name + ".reason.txt")
     reason_path.write_text(text, encoding="utf-8")

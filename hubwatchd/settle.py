@@ -337,6 +337,17 @@ def inspect(watch: WatchConfig, path: str | os.PathLike[str]) -> Candidate:
     )
 
 
+def check_open(watch: WatchConfig, path: str, fd: int, size: int) -> None:
+    """The size and content checks of `inspect`, on a file already open.
+
+    The dispatcher runs them again just before an upload, on the descriptor
+    it sends from: a version queued again by hand (`hubwatchd retry`) must
+    not bypass them. Raises FileRefused.
+    """
+    _check_size(watch, size)
+    _check_content(watch, path, fd, size)
+
+
 def _check_size(watch: WatchConfig, size: int) -> None:
     if size == 0 and not watch.allow_empty:
         raise FileRefused(

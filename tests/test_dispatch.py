@@ -230,3 +230,24 @@ def test_a_task_backlog_is_served_in_order_by_one_worker(make_rig):
     poll(lambda: all(rig.state(v).state == "done" for v in versions), what="done")
     assert hub.calls == [rig.folder / f"f{n}.csv" for n in range(5)]
     assert len(set(threads)) == 1
+
+
+def test_a_refused_file_queued_again_by_hand_is_checked_again(make_rig):
+    # `hubwatchd retry` on an empty file put back unchanged must not send it:
+    # an empty replace would wipe the table. The settle checks run again on
+    # the descriptor the upload would use.
+    hub = FakeHub(success)
+    rig = make_rig(hub, mode="replace")
+    path = rig.folder / "empty.csv"
+    path.write_text("")
+    st = path.stat()
+    version, _ = rig.ledger.record_refused(
+        rig.watch, path, 0, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, "it is empty"
+    )
+    rig.ledger.set_disposition(version.id, "kept")  # as if moved back by hand
+    rig.ledger.retry([version.id])
+    rig.dispatcher.start()
+
+    poll(lambda: rig.state(version).state == "failed", what="refused again")
+    assert "it is empty" in rig.state(version).last_error
+    assert hub.calls == []

@@ -89,13 +89,13 @@ def test_the_failed_folder_gets_the_file_and_a_reason_beside_it(tmp_path):
     path = write(tmp_path / "bad.csv", "x")
     write(tmp_path / "bad.csv.done", "")
 
-    moved = files.move_to_failed(watch, path, "HTTP 400: column count differs")
+    moved = files.move_to_failed(watch, path, "HTTP 400: column count differs", 7)
 
     assert moved == tmp_path / ".hubwatchd-failed" / "bad.csv"
     assert moved.read_text() == "x"
     reason = (moved.parent / "bad.csv.reason.txt").read_text()
     assert "why:    HTTP 400: column count differs" in reason
-    assert "hubwatchd retry --failed" in reason
+    assert "move it\nback, then run: hubwatchd retry 7" in reason
     assert (moved.parent / "bad.csv.done").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hubwatchd-failed"]
 
