@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
+
 from hubwatchd import files, logs, settle
 from hubwatchd.config import Config, WatchConfig
 from hubwatchd.errors import FileRefused
@@ -224,7 +226,12 @@ class Dispatcher:
             watch=watch.name, task_id=version.task_id, path=version.path, id=version.id
         )
         try:
-            self._upload(version, watch, bound)
+            # The client's own lines (upload.succeeded, upload.progress) carry
+            # the watch and the version too: context of this thread only.
+            with structlog.contextvars.bound_contextvars(
+                watch=watch.name, id=version.id
+            ):
+                self._upload(version, watch, bound)
         except Exception:
             bound.exception("upload.crashed")
             try:

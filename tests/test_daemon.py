@@ -72,7 +72,8 @@ def test_a_dropped_file_is_uploaded_once_and_archived(devhub, kit, tmp_path):
     assert drop_names(folder) == []
     assert len(devhub.rows(ORDERS_TABLE)) == 3
     assert [r["status"] for r in devhub.requests()] == [200]
-    assert daemon.event("upload.succeeded", path=str(folder / "o1.csv"))
+    # The canonical line names the watch too, though the client logs it.
+    assert daemon.event("upload.succeeded", path=str(folder / "o1.csv"), watch="orders")
 
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit() == 0
