@@ -44,7 +44,13 @@ from hubwatchd.errors import (
     Problem,
 )
 from hubwatchd.hub import HubClient, Outcome
-from hubwatchd.ledger import STATES, Ledger, Version, check_local_filesystem
+from hubwatchd.ledger import (
+    STATES,
+    Ledger,
+    StateLock,
+    Version,
+    check_local_filesystem,
+)
 from hubwatchd.push import (
     PushResult,
     PushTarget,
@@ -604,6 +610,9 @@ def status(config_path: Path | None, as_json: bool) -> None:
     config = load_or_exit(config_path, filesystem=False)
     with _open_ledger(config) as ledger:
         _emit(report.status(ledger, config), as_json, report.render_status)
+    if not as_json:
+        pid = StateLock.holder(config.daemon.state_dir)
+        click.echo(f"daemon: running, pid {pid}" if pid else "daemon: not running")
 
 
 @main.command()

@@ -314,6 +314,23 @@ class StateLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
+    @staticmethod
+    def holder(state_dir: Path) -> int | None:
+        """The pid of the daemon running on `state_dir`, or None.
+
+        Read from the lock file, never by taking the lock: a `status` that
+        held it even briefly could make a starting daemon refuse to run. A
+        pid left from a stopped daemon counts only while a hubwatchd process
+        has it.
+        """
+        try:
+            text = (Path(state_dir) / LOCK_NAME).read_text(errors="replace")
+            pid = int(text.strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"hubwatchd" in cmdline else None
+
     def release(self) -> None:
         """Let the lock go; the file stays (removing it would race)."""
         if self._fd is not None:

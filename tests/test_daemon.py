@@ -567,3 +567,21 @@ def test_a_dry_run_logs_what_it_would_upload_and_touches_nothing(devhub, kit, tm
     assert drop_names(folder) == ["b.csv", "c.csv"]
     assert archived_names(folder) == ["a.csv"]
     assert snapshot(real.state_dir) == state_before
+
+
+def test_status_says_whether_the_daemon_runs(devhub, kit, tmp_path):
+    orders = watch_entry(tmp_path, "orders", ORDERS_TASK, ORDERS_KEY, "append")
+    daemon = kit.start(daemon_config(devhub.url, tmp_path, [orders]))
+
+    def status() -> str:
+        command = [sys.executable, "-m", "hubwatchd", "status", "-c"]
+        result = subprocess.run(
+            [*command, str(daemon.config_path)], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert f"daemon: running, pid {daemon.pid}" in status()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
+    assert "daemon: not running" in status()

@@ -815,3 +815,15 @@ def test_claim_next_for_one_task_only_and_never_beside_an_upload(ledger: Ledger)
     assert ledger.claim_next(only_task=TASK_B) is None  # b1 is uploading
     ledger.finish(b1.id, kind="success", status=200)
     assert ledger.claim_next(only_task=TASK_B).id == b2.id
+
+
+def test_state_lock_holder_is_the_running_daemon_only(tmp_path: Path):
+    # A running daemon's pid is shown: see test_daemon.py. Here, what is not.
+    state = tmp_path / "state"
+    assert StateLock.holder(state) is None  # no lock file yet
+    with StateLock(state):
+        pass  # leaves the file, with a pid, behind
+    (state / "hubwatchd.lock").write_text("999999999\n")  # no such process
+    assert StateLock.holder(state) is None
+    (state / "hubwatchd.lock").write_text("not a pid\n")
+    assert StateLock.holder(state) is None
