@@ -243,7 +243,7 @@ class _HashBeside:
         self.chunks.put(chunk)
 
     def finish(self) -> None:
-        """Wait until every chunk given so far is in the hasher."""
+        """Wait until every chunk given so far is in the hasher; idempotent."""
         if self.thread.is_alive():
             self.chunks.put(None)
             self.thread.join()
@@ -289,6 +289,7 @@ class _Body:
         self.sent = 0
         self.complete = False
         self.marked = False  # on_body_sent has run
+        self._hash_thread: _HashBeside | None = None
 
     @property
     def length(self) -> int:
@@ -302,17 +303,22 @@ class _Body:
         # direction; a missing one could append rows twice unnoticed.
         hashing = None
         if self.hasher is not None and self.size > HASH_BESIDE_ABOVE:
-            hashing = _HashBeside(self.hasher)
+            hashing = self._hash_thread = _HashBeside(self.hasher)
         elif self.hasher is not None:
             hashing = _HashInline(self.hasher)
         try:
             yield from self._pieces(hashing)
         finally:
-            # Also on an abort or a cut connection: the thread must end.
             if hashing is not None:
                 hashing.finish()
         # Resumed after the last yield: the transport has taken every byte.
         self.complete = True
+
+    def close(self) -> None:
+        """End the hash thread even when the transport dropped this body
+        half-way without closing it (a cut connection)."""
+        if self._hash_thread is not None:
+            self._hash_thread.finish()
 
     def _pieces(self, hashing: _HashBeside | _HashInline | None) -> Iterator[bytes]:
         if self.head:
@@ -510,6 +516,8 @@ class HubClient:
             return self._failed(body, started, str(exc))
         except httpx.HTTPError as exc:
             return self._failed(body, started, self._describe(exc, body))
+        finally:
+            body.close()
         try:
             return self._answer(response, body, started)
         finally:
