@@ -61,7 +61,7 @@ CONTENT_TYPES = {
 }
 ROW_FIELDS = ("rowsProcessed", "rows", "rowCount", "processedRows", "count")
 
-# Status classes beyond the documented ones (HUB-API.md, "not documented"):
+# Status classes beyond the documented ones (docs/hub-api.md, "open points"):
 # 408/429/5xx are the hub or a proxy being busy; 409/423/425 say "not now".
 RETRY_STATUSES = frozenset({408, 409, 423, 425, 429})
 # 401/403/404 are documented; 405/410 mean the URL is not the upload endpoint

@@ -3,8 +3,8 @@
 One row per file version (identity: watch, path, size, mtime_ns, inode) in
 `versions`, one row per upload request in `attempts`, one row per watch the
 hub refused (401/403/404) in `blocked_watches`. States and the moves between
-them follow DESIGN.md "File states"; `TRANSITIONS` lists every legal move and
-anything else raises IllegalTransition.
+them are listed in `TRANSITIONS`; every other move raises
+IllegalTransition.
 
 Durability: the database runs in WAL mode with synchronous=NORMAL, which
 keeps it consistent across power loss but may lose the last commits (a
@@ -107,7 +107,7 @@ RETRYABLE = ("failed", "in_doubt", "retry_wait", "blocked")
 # watch's failed folder; gone: the file had vanished before it could be moved.
 DISPOSITIONS = ("pending", "archived", "deleted", "kept", "failed_folder", "gone")
 OUTCOME_KINDS = ("success", "retry", "rejected", "blocked")
-# SQLite's locking is unsafe on these (DESIGN.md, sqlite.org "How To Corrupt").
+# SQLite's locking is unsafe on these (sqlite.org, "How To Corrupt").
 NETWORK_FILESYSTEMS = frozenset(
     {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "ncpfs"}
 )

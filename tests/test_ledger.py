@@ -1,4 +1,4 @@
-"""The ledger: every transition of DESIGN.md's state machine and every rule."""
+"""The ledger: every transition of its state machine and every rule."""
 
 from __future__ import annotations
 

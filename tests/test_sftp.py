@@ -6,8 +6,8 @@ daemon runs as operators run it (`python -m hubwatchd run -c CONFIG`, JSON
 log lines on stdout), against the session's devhub.
 
 A cut-off transfer is the case no watcher can judge: the SFTP server closes
-the partial file and it stays quiet, exactly like a finished one (DESIGN.md:
-close-after-write is no proof). Only a ready marker sent last makes it
+the partial file and it stays quiet, exactly like a finished one (a
+close after the last write is no proof). Only a ready marker sent last makes it
 certain, so that is what the cut-off test exercises.
 """
 

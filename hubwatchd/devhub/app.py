@@ -1,6 +1,6 @@
 """devhub's HTTP application: the Data API upload path and the /_devhub/ paths.
 
-The upload handler follows HUB-API.md: checks in the order 401 -> 404 ->
+The upload handler follows docs/hub-api.md: checks in the order 401 -> 404 ->
 400 (task type, mode) -> 403, then 415 and 413 for the body, then
 400 (no file, no result table). Bodies are spooled to a temp file in large
 chunks while being hashed, then parsed into the task's result table in a
